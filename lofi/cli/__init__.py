@@ -1,0 +1,46 @@
+"""The `lofi` command: one thin click command per verb, loaded lazily so that
+`lofi --help` does not import torch."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from lofi import __version__
+from lofi.cli.console import fail
+
+# verb -> "module:attribute". Each module holds one thin click command.
+COMMANDS: dict[str, str] = {
+}
+
+
+class _LofiGroup(click.Group):
+    """Loads each verb's module on demand and turns typed errors into one red line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def invoke(self, ctx: click.Context):
+        from lofi.errors import LofiError
+        from planner.errors import PlannerError
+
+        try:
+            return super().invoke(ctx)
+        except (LofiError, PlannerError) as error:
+            fail(str(error), error.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+@click.group(cls=_LofiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lofi")
+def main() -> None:
+    """Plan and train LoFi end-to-end temporal action localization within a GPU budget."""

@@ -1,0 +1,66 @@
+"""A candidate training configuration: what the planner estimates, ranks and writes
+into plan.json, and what the trainer consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.fidelity import Fidelity
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
+
+
+def parse_checkpointing(policy: str) -> tuple[str, int | None]:
+    """'none' | 'block' | 'chunk:K' -> (kind, K). Raises ValueError on anything else."""
+    if policy in ("none", "block"):
+        return policy, None
+    kind, _, size = policy.partition(":")
+    if kind == "chunk" and size.isdigit() and int(size) >= 1:
+        return "chunk", int(size)
+    raise ValueError(f"checkpointing policy must be none, block or chunk:K (K >= 1), got {policy!r}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One training configuration. Exactly one of `fidelity` and `cycle` is set: a C-LoFi
+    cycle trains at each member fidelity in turn, so its memory is the max of its members."""
+
+    backbone: str  # tsm_r18 | tsm_r34 | tsm_r50 (| r2plus1d_18)
+    head: str  # gtad | bmn
+    batch_per_gpu: int
+    fidelity: Fidelity | None = None
+    cycle: tuple[Fidelity, ...] | None = None
+    gpus: int = 1  # GPUs per node
+    nodes: int = 1
+    accumulation: int = 1  # gradient-accumulation steps per optimizer step
+    precision: str = "fp32"
+    checkpointing: str = "none"
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if (self.fidelity is None) == (self.cycle is None):
+            raise ValueError("a candidate has exactly one of fidelity and cycle")
+        if self.cycle is not None and len(self.cycle) == 0:
+            raise ValueError("a C-LoFi cycle needs at least one fidelity")
+        for name in ("batch_per_gpu", "gpus", "nodes", "accumulation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        parse_checkpointing(self.checkpointing)
+
+    @property
+    def fidelities(self) -> tuple[Fidelity, ...]:
+        """The fidelities this candidate trains at (one, or the members of its cycle)."""
+        return self.cycle if self.cycle is not None else (self.fidelity,)  # type: ignore[return-value]
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_per_gpu * self.world_size * self.accumulation

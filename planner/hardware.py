@@ -1,0 +1,26 @@
+"""GPU (and CPU) hardware profiles: the data the planner needs about a target device.
+Profiles are JSON files in `profiles/gpus/`, each citing its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    name: str  # key, e.g. "v100-32gb"
+    display_name: str  # e.g. "NVIDIA V100-SXM2 32GB"
+    memory_bytes: int  # total device memory
+    fp32_tflops: float  # peak dense throughput
+    fp16_tflops: float  # peak dense tensor-core throughput
+    bf16_tflops: float | None  # None: the GPU has no bf16
+    bandwidth_gbps: float  # memory bandwidth, GB/s
+    source: str  # where the figures come from (URL or document)
+    hourly_usd: float | None = None  # on-demand price, optional
+    cuda_context_bytes: int | None = None  # None: use the planner's default constant
+    workspace_bytes: int | None = None  # cuBLAS/cuDNN workspace; None: planner default
+    kind: str = "gpu"  # "gpu" or "cpu"
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.bf16_tflops is not None

@@ -12,21 +12,31 @@ from lofi.cli.console import fail
 
 # verb -> "module:attribute". Each module holds one thin click command.
 COMMANDS: dict[str, str] = {
+    "data": "lofi.cli.data_cmd:data",
 }
 
 
-class _LofiGroup(click.Group):
-    """Loads each verb's module on demand and turns typed errors into one red line."""
+class LazyGroup(click.Group):
+    """A click group whose commands are imported only when used: `lazy` maps each verb
+    to "module:attribute"."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = COMMANDS if lazy is None else lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(self.lazy)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
+        target = self.lazy.get(name)
         if target is None:
             return None
         module_name, attribute = target.split(":")
         return getattr(importlib.import_module(module_name), attribute)
+
+
+class _LofiGroup(LazyGroup):
+    """The top-level group: turns typed errors into one red line and an exit code."""
 
     def invoke(self, ctx: click.Context):
         from lofi.errors import LofiError

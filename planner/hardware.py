@@ -20,6 +20,8 @@ class GpuProfile:
     cuda_context_bytes: int | None = None  # None: use the planner's default constant
     workspace_bytes: int | None = None  # cuBLAS/cuDNN workspace; None: planner default
     kind: str = "gpu"  # "gpu" or "cpu"
+    price_source: str | None = None  # where (and when) hourly_usd comes from
+    nvml_match: tuple[str, ...] = ()  # words of NVML device names that map to this profile
 
     @property
     def supports_bf16(self) -> bool:

@@ -13,6 +13,10 @@ from lofi.cli.console import fail
 # verb -> "module:attribute". Each module holds one thin click command.
 COMMANDS: dict[str, str] = {
     "data": "lofi.cli.data_cmd:data",
+    "eval": "lofi.cli.eval_cmd:eval_command",
+    "gpus": "lofi.cli.gpus_cmd:gpus",
+    "plan": "lofi.cli.plan_cmd:plan",
+    "report": "lofi.cli.report_cmd:report",
 }
 
 

@@ -1,0 +1,12 @@
+"""The data path of LoFi: annotations in the ActivityNet format, media found on disk,
+and clips decoded from videos or frame folders.
+
+    annotations.py  ActivityNet/HACS/THUMOS JSON -> AnnotationSet of VideoRecord
+    media.py        video id -> MediaSource (file or frame folder); media vs annotations
+    sampling.py     pure: which timestamps make TR snippets of F frames
+    video.py        PyAV decoding -> (TR, F, 3, SR, SR) uint8; `read_clip`
+    frames.py       the same from a folder of JPEG frames
+    transforms.py   short-side resize plan, centre/random crop, flip
+    dataset.py      torch Dataset of ClipSample / SkippedSample and its collate
+    video_writer.py frames -> H.264 mp4 (synthetic data and tests); synth*.py: `lofi data synth`
+"""

@@ -1,0 +1,336 @@
+"""The synthetic dataset: small, fast to make, and learnable only with a trained encoder.
+
+    DIR/videos/<id>.mp4     H.264 (libx264) videos, `size` x `size`, `fps` frames/s
+    DIR/annotations.json    ActivityNet-1.3 format, "training" and "validation" subsets
+    DIR/classification.json video-level class scores, the role the CUHK classifier
+                            results play for ActivityNet: {"results": {id: [score per
+                            class]}, "class": [names]}; from the ground truth plus noise
+    DIR/manifest.json       the config that made it; written last (the "done" marker)
+
+Each video holds one action class (as nearly every ActivityNet video does) performed in
+1-`max_instances` non-overlapping instances of widely varying length; what the classes
+look like is in `synth_scenes`. Everything is a function of `SynthConfig`: video i uses
+its own random stream (seed, i), so the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from lofi.errors import InputFileError, OptionError
+from lofi.io_atomic import atomic_write_json
+
+GENERATOR_VERSION = 1  # bump when the output for a given config changes
+MIN_INSTANCE_SECONDS = 2.0
+MIN_GAP_SECONDS = 1.0
+COVERAGE = (0.2, 0.8)  # fraction of a video covered by its instances
+LENGTH_CONCENTRATION = 0.6  # Dirichlet alpha of instance lengths: < 1 -> widely varying
+SCORE_MARGIN = 2.0  # classification logit of the true class over N(0, 1) noise
+_COMPASS = {0: "right", 45: "up_right", 90: "up", 135: "up_left", 180: "left",
+            225: "down_left", 270: "down", 315: "down_right"}
+
+Progress = Callable[[int, int], None]  # (videos done, videos in all)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    videos: int = 120
+    classes: int = 4
+    seed: int = 0
+    size: int = 64  # frame width = height, pixels
+    fps: float = 8.0
+    min_duration: float = 16.0  # seconds
+    max_duration: float = 48.0  # seconds
+    max_instances: int = 4  # per video
+    train_fraction: float = 0.75
+    crf: int = 23  # x264 constant quality
+
+    def validate(self) -> SynthConfig:
+        """Raise OptionError naming the field and value when the config cannot work."""
+        checks = [
+            ("videos", 2 <= self.videos <= 100_000, "an integer from 2 to 100000"),
+            ("classes", 2 <= self.classes <= 6, "from 2 to 6 (headings at least 60 deg apart)"),
+            ("size", 16 <= self.size <= 512 and self.size % 2 == 0,
+             "an even number of pixels from 16 to 512 (H.264 4:2:0 needs even sizes)"),
+            ("fps", 4 <= self.fps <= 60, "from 4 to 60 frames per second"),
+            ("min_duration", 4 <= self.min_duration <= 3600, "from 4 to 3600 seconds"),
+            ("max_duration", self.min_duration <= self.max_duration <= 3600,
+             f"from min_duration ({self.min_duration}) to 3600 seconds"),
+            ("max_instances", 1 <= self.max_instances <= 16, "from 1 to 16"),
+            ("train_fraction", 0 < self.train_fraction < 1, "strictly between 0 and 1"),
+            ("crf", 0 <= self.crf <= 51, "from 0 to 51"),
+            ("seed", 0 <= self.seed < 2**63, "a non-negative integer"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise OptionError(f"synthetic data: {name}={getattr(self, name)!r} must be {expected}")
+        return self
+
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(class_name(index, self.classes) for index in range(self.classes))
+
+    def cache_key(self) -> str:
+        """Short hash of the config and generator version: the cache folder name."""
+        text = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SynthPaths:
+    root: Path
+    videos_dir: Path
+    annotations: Path
+    classification: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @classmethod
+    def under(cls, root: str | os.PathLike) -> SynthPaths:
+        root = Path(root)
+        return cls(root, root / "videos", root / "annotations.json", root / "classification.json")
+
+
+@dataclass(frozen=True)
+class SynthVideo:
+    video_id: str
+    index: int  # position in the dataset; picks the random stream
+    subset: str  # "training" | "validation"
+    class_index: int
+    frames: int
+    segments: tuple[tuple[int, int], ...]  # [start, end) frame ranges, sorted, disjoint
+
+
+def class_name(index: int, classes: int) -> str:
+    """Name of class `index`: the compass direction it slides in (0 = right, then
+    counter-clockwise), e.g. "slide_right", "slide_up", or "slide_120deg"."""
+    degrees = 360 * index / classes
+    if degrees == int(degrees) and int(degrees) in _COMPASS:
+        return f"slide_{_COMPASS[int(degrees)]}"
+    return f"slide_{round(degrees):03d}deg"
+
+
+def video_rng(config: SynthConfig, index: int, purpose: str) -> np.random.Generator:
+    """The random stream of video `index` for its "layout" (length, instances) or its
+    "scene" (what is drawn); independent streams, so changing one leaves the other."""
+    return np.random.default_rng([config.seed, {"layout": 1, "scene": 3}[purpose], index])
+
+
+def plan_dataset(config: SynthConfig) -> tuple[SynthVideo, ...]:
+    """Which video is which: ids, classes (balanced), subsets (stratified by class),
+    lengths and action instances. Pure."""
+    config.validate()
+    rng = np.random.default_rng([config.seed, 0])
+    classes = rng.permutation(np.arange(config.videos) % config.classes)  # (V,)
+    validation = _validation_set(classes, config)
+    width = max(4, len(str(config.videos)))
+    videos = []
+    for index in range(config.videos):
+        stream = video_rng(config, index, "layout")
+        seconds = stream.uniform(config.min_duration, config.max_duration)
+        frames = max(2, int(round(seconds * config.fps)))
+        videos.append(SynthVideo(
+            video_id=f"synth_{index + 1:0{width}d}", index=index,
+            subset="validation" if index in validation else "training",
+            class_index=int(classes[index]), frames=frames,
+            segments=sample_segments(stream, frames, config.fps, config.max_instances)))
+    return tuple(videos)
+
+
+def _validation_set(classes: np.ndarray, config: SynthConfig) -> set[int]:
+    """Indices of validation videos: dealt round-robin over classes so every class
+    with two or more videos is in both subsets."""
+    count = min(len(classes) - 1, max(1, round(len(classes) * (1 - config.train_fraction))))
+    rank = np.zeros(len(classes), dtype=int)  # position of a video within its class
+    seen: dict[int, int] = {}
+    shuffled = np.random.default_rng([config.seed, 4]).permutation(len(classes))
+    for index in shuffled:
+        label = classes[index]
+        rank[index] = seen.get(int(label), 0)
+        seen[int(label)] = rank[index] + 1
+    order = sorted(range(len(classes)), key=lambda i: (rank[i], classes[i]))  # round-robin
+    return set(order[:count])
+
+
+def sample_segments(
+    rng: np.random.Generator, frames: int, fps: float, max_instances: int,
+) -> tuple[tuple[int, int], ...]:
+    """1..max_instances disjoint [start, end) frame ranges of widely varying length
+    (Dirichlet split of a random coverage), at least MIN_INSTANCE_SECONDS long and
+    MIN_GAP_SECONDS apart; fewer instances when the video is too short for them."""
+    min_len = max(2, round(MIN_INSTANCE_SECONDS * fps))
+    min_gap = max(1, round(MIN_GAP_SECONDS * fps))
+    count = int(rng.integers(1, max_instances + 1))
+    while count > 1 and count * min_len + (count - 1) * min_gap > COVERAGE[1] * frames:
+        count -= 1
+    covered = int(round(rng.uniform(*COVERAGE) * frames))
+    covered = min(max(covered, count * min_len), frames - (count - 1) * min_gap)
+    lengths = _split(rng, covered, count, min_len, LENGTH_CONCENTRATION)
+    gaps = _split(rng, frames - covered - (count - 1) * min_gap, count + 1, 0, 1.0)
+    gaps[1:-1] += min_gap
+    segments, cursor = [], 0
+    for length, gap in zip(lengths, gaps[:-1]):
+        cursor += int(gap)
+        segments.append((cursor, cursor + int(length)))
+        cursor += int(length)
+    return tuple(segments)
+
+
+def _split(rng: np.random.Generator, total: int, parts: int, minimum: int, alpha: float) -> np.ndarray:
+    """`parts` integers >= minimum summing to `total` (Dirichlet(alpha) shares)."""
+    extra = total - parts * minimum
+    raw = rng.dirichlet([alpha] * parts) * extra
+    out = np.floor(raw).astype(int)
+    leftover = extra - int(out.sum())
+    out[np.argsort(out - raw)[:leftover]] += 1  # largest fractional parts first
+    return out + minimum
+
+
+def action_mask(video: SynthVideo) -> np.ndarray:
+    """(N,) bool: frames inside an action instance."""
+    mask = np.zeros(video.frames, dtype=bool)
+    for start, end in video.segments:
+        mask[start:end] = True
+    return mask
+
+
+def annotation_document(videos: tuple[SynthVideo, ...], config: SynthConfig) -> dict:
+    """The ground truth in the ActivityNet-1.3 format (segments in seconds: instance
+    [a, b) covers frame a's start a/fps to frame b-1's end b/fps)."""
+    names = config.class_names()
+    taxonomy = [{"nodeId": 0, "nodeName": "Root", "parentId": None, "parentName": None}]
+    taxonomy += [{"nodeId": i + 1, "nodeName": name, "parentId": 0, "parentName": "Root"}
+                 for i, name in enumerate(names)]
+    database = {}
+    for video in videos:
+        database[video.video_id] = {
+            "subset": video.subset,
+            "duration": round(video.frames / config.fps, 6),
+            "resolution": f"{config.size}x{config.size}",
+            "url": "",
+            "annotations": [
+                {"segment": [round(a / config.fps, 6), round(b / config.fps, 6)],
+                 "label": names[video.class_index]}
+                for a, b in video.segments],
+        }
+    return {"version": "VERSION 1.3", "taxonomy": taxonomy, "database": database}
+
+
+def classification_document(videos: tuple[SynthVideo, ...], config: SynthConfig) -> dict:
+    """Video-level class scores: softmax(SCORE_MARGIN * one_hot(true class) + N(0, 1)),
+    so the top-1 class is right most of the time but not always."""
+    rng = np.random.default_rng([config.seed, 2])
+    logits = rng.normal(size=(len(videos), config.classes))  # (V, K)
+    logits[np.arange(len(videos)), [v.class_index for v in videos]] += SCORE_MARGIN
+    scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+    scores /= scores.sum(axis=1, keepdims=True)
+    return {"results": {v.video_id: [round(float(s), 6) for s in row]
+                        for v, row in zip(videos, scores)},
+            "class": list(config.class_names())}
+
+
+def generate(out_dir: str | os.PathLike, config: SynthConfig, progress: Progress | None = None,
+             *, overwrite: bool = False) -> SynthPaths:
+    """Write the dataset into `out_dir` (created if missing). A non-empty `out_dir` is
+    an OptionError unless `overwrite`; then videos a previous synthetic dataset there
+    listed but this one does not are removed. manifest.json is written last."""
+    from lofi.data.synth_scenes import plan_scene, render
+    from lofi.data.video_writer import write_video
+
+    config.validate()
+    paths = SynthPaths.under(out_dir)
+    _prepare(paths, overwrite)
+    videos = plan_dataset(config)
+    for done, video in enumerate(videos, start=1):
+        scene = plan_scene(video_rng(config, video.index, "scene"), video.frames, config.fps, action_mask(video),
+                           video.class_index, config.classes)
+        write_video(paths.videos_dir / f"{video.video_id}.mp4", render(scene, config.size),
+                    config.fps, crf=config.crf, preset="veryfast", keyframe_interval=max(1, round(4 * config.fps)))
+        if progress is not None:
+            progress(done, len(videos))
+    atomic_write_json(paths.annotations, annotation_document(videos, config))
+    atomic_write_json(paths.classification, classification_document(videos, config))
+    atomic_write_json(paths.manifest, {
+        "format": "lofi-synth", "generator": GENERATOR_VERSION, "config": asdict(config),
+        "videos": [v.video_id for v in videos], "classes": list(config.class_names())})
+    return paths
+
+
+def _prepare(paths: SynthPaths, overwrite: bool) -> None:
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise OptionError(f"{root} exists and is not a folder")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise OptionError(f"{root} is not empty; choose an empty folder or overwrite it (--force)")
+        previous = read_manifest(root) if paths.manifest.exists() else None
+        paths.manifest.unlink(missing_ok=True)  # no longer a complete dataset
+        for video_id in (previous or {}).get("videos", []):
+            (paths.videos_dir / f"{video_id}.mp4").unlink(missing_ok=True)
+    paths.videos_dir.mkdir(parents=True, exist_ok=True)
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """The manifest of a synthetic dataset folder; InputFileError if unreadable."""
+    path = Path(root) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputFileError(f"{path}: cannot read the synthetic dataset manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != "lofi-synth":
+        raise InputFileError(f"{path}: not a lofi synthetic dataset manifest")
+    return manifest
+
+
+def config_from_manifest(manifest: dict) -> SynthConfig:
+    """The SynthConfig stored in a manifest; unknown keys are an InputFileError."""
+    stored = manifest.get("config")
+    known = {f.name for f in fields(SynthConfig)}
+    if not isinstance(stored, dict) or set(stored) - known:
+        raise InputFileError(f"synthetic manifest config has unknown or missing fields: {stored!r}")
+    return SynthConfig(**stored)
+
+
+def ensure_synthetic(cache_dir: str | os.PathLike, config: SynthConfig = SynthConfig(),
+                     progress: Progress | None = None) -> SynthPaths:
+    """The dataset for `config` under `cache_dir/synth-<key>`, generated on first use.
+    Built in a temporary folder beside it and renamed into place when complete, so an
+    interrupted run never leaves a folder that looks finished."""
+    config.validate()
+    cache = Path(cache_dir)
+    paths = SynthPaths.under(cache / f"synth-{config.cache_key()}")
+    if _is_complete(paths, config):
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{paths.root.name}.", dir=cache))
+    try:
+        generate(temporary, config, progress)
+        if paths.root.exists():  # a stale or concurrent copy
+            if _is_complete(paths, config):
+                return paths
+            shutil.rmtree(paths.root)
+        os.rename(temporary, paths.root)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    return paths
+
+
+def _is_complete(paths: SynthPaths, config: SynthConfig) -> bool:
+    if not paths.manifest.is_file():
+        return False
+    try:
+        return config_from_manifest(read_manifest(paths.root)) == config
+    except (InputFileError, TypeError):
+        return False

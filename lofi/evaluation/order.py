@@ -1,0 +1,49 @@
+"""Descending order by score within groups, exactly as the official evaluation orders.
+
+The official code sorts with `np.argsort(values)[::-1]` (activitynet/ActivityNet
+`Evaluation/eval_detection.py`: predictions of a class by score, ground truths of a video by
+tIoU; `eval_proposal.py`: proposals of a video by score). numpy's default argsort is not
+stable (on x86 it is a SIMD sorting network), so tied values come out in an order that
+depends on the whole array, and that order changes the numbers. To agree on every input,
+groups whose ties matter are ordered by the very same call on the very same array (the
+group's values in input order); groups without such ties take a fast global sort, which
+gives the same order because distinct values have only one descending order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def descending_order_within_groups(
+    group: np.ndarray, values: np.ndarray, tie_matters: np.ndarray | None = None
+) -> np.ndarray:
+    """Permutation of the rows: groups ascending; inside a group, the order of
+    `np.argsort(values[rows of the group, in input order])[::-1]`.
+
+    group: (N,) int, values: (N,) float, tie_matters: (N,) bool or None (all ties matter).
+    A group is re-sorted exactly when it holds a NaN (argsort puts NaN last, so the
+    reversal puts it first) or two equal values whose rows both have tie_matters set.
+    """
+    group = np.asarray(group)
+    values = np.asarray(values, dtype=np.float64)
+    if group.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    by_group = np.argsort(group, kind="stable")  # (N,) rows grouped, input order inside
+    # Stable lexsort: group ascending, then value descending (NaN last).
+    order = np.lexsort((-values, group))  # (N,)
+    sorted_group = group[order]
+    sorted_values = values[order]
+    same_group = sorted_group[1:] == sorted_group[:-1]
+    tied = same_group & (sorted_values[1:] == sorted_values[:-1])
+    if tie_matters is not None:
+        relevant = np.asarray(tie_matters, dtype=bool)[order]
+        tied &= relevant[1:] & relevant[:-1]
+    flagged = np.union1d(sorted_group[1:][tied], sorted_group[np.isnan(sorted_values)])
+    if flagged.size:
+        starts = np.searchsorted(sorted_group, flagged, side="left")
+        stops = np.searchsorted(sorted_group, flagged, side="right")
+        for lo, hi in zip(starts.tolist(), stops.tolist()):
+            rows = by_group[lo:hi]  # input order
+            order[lo:hi] = rows[np.argsort(values[rows])[::-1]]
+    return order

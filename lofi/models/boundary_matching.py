@@ -1,0 +1,130 @@
+"""Fixed sampling matrices that turn snippet features (B, C, T) into per-anchor features
+(B, C, P, D, T) with one matmul, for G-TAD's SGAlign and BMN's boundary-matching layer.
+
+A matrix W has shape (T, P * D * T): column (p * D + d) * T + s holds the interpolation
+weights over the T snippets of sample point p of anchor (duration d, start s), so
+`x @ W` viewed as (B, C, P, D, T) (and then as (B, C * P, D, T), channel c * P + p, the
+official channel order) is the sampled map. Invalid anchors (s + d + 1 > T, see
+`lofi.models.labels`) get all-zero columns.
+
+Geometry in snippet-index coordinates (feature i sits at index i): anchor (d, s) spans
+indices [s, s + d]; both heads extend it by ratio * (d + 1) on each side.
+
+* G-TAD (`gtad_lib/models.py::GraphAlign._get_anchors`, `Align1D_cuda_kernal.cu`,
+  sampling_ratio 0): P bins over the extended region; bin p averages G = ceil(len / P)
+  points at start + p * bin + (g + 0.5) * bin / G; a point t interpolates linearly, is 0
+  outside [-1, T], clamps to index 0 on [-1, 0] and to index T - 1 past T - 1.
+* BMN (`models.py::_get_interp1d_mask`, 2019 version, (duration, start) layout): P * Q
+  points evenly spaced over the extended region, end points included; bin p averages its
+  Q points; point t gives 1 - frac to trunc(t) and frac to ceil(t) (math.modf), each only
+  when inside [0, T - 1].
+
+The weights are built once per configuration in numpy as a sparse list (cached) and made
+dense on the module's device (`dense_matrix`)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class SparseSampling(NamedTuple):
+    """Sparse form of a (T, P * D * T) sampling matrix; repeated (row, col) pairs add up."""
+
+    rows: np.ndarray  # (K,) int64 snippet index
+    cols: np.ndarray  # (K,) int64 (p * D + d) * T + s
+    weights: np.ndarray  # (K,) float32
+    temporal_dim: int
+    num_points: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        t = self.temporal_dim
+        return (t, self.num_points * t * t)
+
+
+def _freeze(rows: list, cols: list, weights: list, t: int, p: int) -> SparseSampling:
+    arrays = [np.concatenate(rows), np.concatenate(cols), np.concatenate(weights).astype(np.float32)]
+    for a in arrays:
+        a.setflags(write=False)  # shared through the cache
+    return SparseSampling(arrays[0], arrays[1], arrays[2], t, p)
+
+
+def _columns(t: int, d: int, p: int, starts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Column index of (point p, duration d, start s), broadcast to `shape` whose axes are
+    (start, point, sample)."""
+    pts = np.arange(p)[None, :, None]
+    col = (pts * t + d) * t + starts[:, None, None]
+    return np.broadcast_to(col, shape)
+
+
+@functools.lru_cache(maxsize=8)
+def gtad_sgalign_sampling(temporal_dim: int, num_points: int, expand_ratio: float = 0.5) -> SparseSampling:
+    """G-TAD SGAlign weights (Align1D with sampling_ratio 0) for P = num_points bins."""
+    t, p = int(temporal_dim), int(num_points)
+    rows, cols, weights = [], [], []
+    for d in range(t):
+        starts = np.arange(t - d)  # valid anchors of this duration
+        center_len = d + 1.0
+        roi_start = starts - center_len * expand_ratio  # (S,)
+        roi_len = max(d + 2.0 * center_len * expand_ratio, 1.0)  # CUDA: max(end - start, 1)
+        bin_size = roi_len / p
+        grid = math.ceil(roi_len / p)
+        offs = (np.arange(p)[:, None] * bin_size + (np.arange(grid)[None, :] + 0.5) * bin_size / grid)
+        pos = roi_start[:, None, None] + offs[None]  # (S, P, G)
+        inside = (pos >= -1.0) & (pos <= t)
+        pos = np.clip(pos, 0.0, None)
+        low = np.floor(pos).astype(np.int64)
+        last = low >= t - 1
+        low = np.where(last, t - 1, low)
+        frac = np.where(last, 0.0, pos - low)
+        high = np.where(last, t - 1, low + 1)
+        col = _columns(t, d, p, starts, pos.shape)
+        for idx, w in ((low, 1.0 - frac), (high, frac)):
+            keep = inside & (w > 0)
+            rows.append(idx[keep])
+            cols.append(col[keep])
+            weights.append(w[keep] / grid)
+    return _freeze(rows, cols, weights, t, p)
+
+
+@functools.lru_cache(maxsize=8)
+def bmn_bm_sampling(
+    temporal_dim: int, num_points: int = 32, points_per_bin: int = 3, boundary_ratio: float = 0.5
+) -> SparseSampling:
+    """BMN boundary-matching weights: num_points bins of points_per_bin points each."""
+    t, p, q = int(temporal_dim), int(num_points), int(points_per_bin)
+    rows, cols, weights = [], [], []
+    for d in range(t):
+        starts = np.arange(t - d)
+        center_len = d + 1.0
+        xmin = starts - center_len * boundary_ratio  # (S,)
+        xmax = starts + d + center_len * boundary_ratio
+        step = (xmax - xmin) / (p * q - 1.0)
+        pos = xmin[:, None, None] + step[:, None, None] * np.arange(p * q).reshape(1, p, q)  # (S, P, Q)
+        down = np.trunc(pos)  # math.modf: integer part rounds toward zero
+        frac = pos - down
+        up = np.ceil(pos)
+        col = _columns(t, d, p, starts, pos.shape)
+        for idx, w in ((down, 1.0 - frac), (up, frac)):
+            keep = (idx >= 0) & (idx <= t - 1) & (w != 0)
+            rows.append(idx[keep].astype(np.int64))
+            cols.append(col[keep])
+            weights.append(w[keep] / q)
+    return _freeze(rows, cols, weights, t, p)
+
+
+def dense_matrix(
+    sampling: SparseSampling, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The (T, P * D * T) matrix on `device` (None: the default device, so a
+    `with torch.device("meta")` block applies); on the meta device only its shape."""
+    out = torch.zeros(sampling.shape, device=device, dtype=torch.float32)
+    if out.device.type != "meta":
+        index = [torch.from_numpy(np.array(a)).to(out.device) for a in (sampling.rows, sampling.cols)]
+        out.index_put_(tuple(index), torch.from_numpy(np.array(sampling.weights)).to(out.device), accumulate=True)
+    return out.to(dtype or torch.get_default_dtype())

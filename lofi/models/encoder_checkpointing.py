@@ -1,0 +1,82 @@
+"""Gradient checkpointing for the video encoders: the policy string and one checkpoint
+segment that recomputes without touching BatchNorm running statistics twice.
+
+Policies (the planner's `Candidate.checkpointing`, parsed by
+`planner.candidate.parse_checkpointing`):
+
+    none      keep every activation for backward
+    block     every residual block is one segment (timm `set_grad_checkpointing`)
+    chunk:K   the encoder runs K snippets at a time; each chunk, normalisation included,
+              is one segment, so backward holds about one chunk's activations at a time
+
+Segments use non-reentrant `torch.utils.checkpoint` (PyTorch docs recommend it; it works
+when no input requires grad, as for uint8 clips). `preserve_rng_state=False`: the
+encoders have no dropout or other randomness, and skipping the RNG snapshot lets the
+planner trace fake CUDA tensors on a machine without CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from lofi.errors import OptionError
+from planner.candidate import parse_checkpointing
+
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def parse_policy(policy: str) -> tuple[str, int | None]:
+    """'none' | 'block' | 'chunk:K' -> (kind, K); anything else is an OptionError."""
+    if not isinstance(policy, str):
+        raise OptionError(f"checkpointing policy must be a string (none, block or chunk:K), got {policy!r}")
+    try:
+        return parse_checkpointing(policy)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+
+
+@contextmanager
+def scratch_running_stats(scope: nn.Module) -> Iterator[None]:
+    """While active, BatchNorm layers of `scope` that would update their running
+    statistics (train mode, tracking on) update scratch copies instead.
+
+    Used as the recompute context of a checkpoint segment: the recomputation runs the
+    same ops, saves the same tensors (so torch's recompute bookkeeping still matches) and
+    computes the same batch statistics, but the real running statistics keep the single
+    update they got in the original forward pass."""
+    swapped: list[tuple[_BatchNorm, dict[str, torch.Tensor]]] = []
+    for module in scope.modules():
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats:
+            originals = {name: getattr(module, name) for name in _RUNNING_STATS}
+            for name, buffer in originals.items():
+                if buffer is not None:
+                    setattr(module, name, buffer.clone())
+            swapped.append((module, originals))
+    try:
+        yield
+    finally:
+        for module, originals in swapped:
+            for name, buffer in originals.items():
+                setattr(module, name, buffer)
+
+
+def run_segment(fn: Callable[..., Any], scope: nn.Module, *args: Any) -> Any:
+    """fn(*args) as one non-reentrant checkpoint segment whose BatchNorm layers live in
+    `scope`. Without autograd (feature extraction) there is nothing to save: fn runs
+    plainly."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(
+        fn,
+        *args,
+        use_reentrant=False,
+        preserve_rng_state=False,
+        context_fn=lambda: (nullcontext(), scratch_running_stats(scope)),
+    )

@@ -1,0 +1,207 @@
+"""Video encoders: a batch of snippets (B, TR, F, 3, SR, SR) -> snippet features (B, C, TR).
+
+LoFi (PAPER.md) embeds every snippet of F frames with a TSM ResNet and averages the F
+frame features into one snippet feature; R(2+1)D-18 embeds the snippet as one clip.
+Every encoder here shares:
+
+- input: uint8 (B, TR, F, 3, SR, SR) is divided by 255; floating input is taken as
+  already scaled to [0, 1] (not checked: that would need the tensor's values). Both are
+  then normalised with the mean/std of the backbone's pre-training inside the model, in
+  the model's parameter dtype. Any TR >= 1, F >= 1, SR >= 32.
+- output: (B, C, TR), C = `out_channels`; the classifier (fc) is dropped.
+- frozen BatchNorm by default (`freeze_bn=True`): BN layers stay in eval mode even in
+  `train()` (running statistics are used and never updated); their affine weights stay
+  trainable. This is how TSM fine-tunes (official `partialBN`) and what a batch of one or
+  two long videos per GPU needs.
+- gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
+  `block`, `chunk:K` (see `encoder_checkpointing`). With frozen BN all three give the
+  same outputs, gradients and (unchanged) running statistics. With `freeze_bn=False`,
+  `block` is still equivalent (recomputation never updates running statistics twice);
+  `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
+  batches": running statistics get one update per chunk), so it is *not* equivalent.
+
+Build with `build_encoder(name, ...)`; the names are the keys of `ENCODERS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models.resnet import ResNet
+from torchvision.models.video import r2plus1d_18
+
+from lofi.errors import OptionError
+from lofi.models.encoder_checkpointing import parse_policy, run_segment
+from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
+
+# ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Kinetics-400 statistics of torchvision's video models (references/video_classification).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class VideoEncoder(nn.Module):
+    """Shared input handling, frozen BN and checkpointing; a subclass implements
+    `snippet_features` ((N, F, 3, H, W) normalised float -> (N, C)) and calls
+    `self.run_block` for each residual block."""
+
+    def __init__(
+        self,
+        name: str,
+        out_channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        freeze_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.out_channels = out_channels
+        self.freeze_bn = freeze_bn
+        # Not persistent: state dicts hold exactly the torchvision weights.
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+        self._policy = "none"
+        self._chunk: int | None = None
+        self.pretrained_report = None  # a PretrainedReport once build_encoder loaded weights
+
+    # -- checkpointing (timm style: a switch that forward reads) ------------------------
+
+    @property
+    def grad_checkpointing(self) -> str:
+        """The current policy string: 'none', 'block' or 'chunk:K'."""
+        return self._policy
+
+    def set_grad_checkpointing(self, policy: str = "block") -> None:
+        kind, size = parse_policy(policy)
+        self._policy = policy
+        self._chunk = size if kind == "chunk" else None
+
+    def run_block(self, block: nn.Module, x: Tensor, *args: object) -> Tensor:
+        """One residual block, a checkpoint segment of its own under policy 'block'."""
+        if self._policy == "block":
+            return run_segment(block, block, x, *args)
+        return block(x, *args)
+
+    # -- frozen BatchNorm ---------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> VideoEncoder:
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # -- forward ------------------------------------------------------------------------
+
+    def normalise(self, snippets: Tensor) -> Tensor:
+        """uint8 or [0, 1] float (..., 3, H, W) -> mean/std-normalised, parameter dtype."""
+        x = snippets.to(self.mean.dtype)
+        if not snippets.is_floating_point():
+            x = x / 255.0
+        return (x - self.mean) / self.std
+
+    def snippet_features(self, snippets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _encode(self, snippets: Tensor) -> Tensor:
+        return self.snippet_features(self.normalise(snippets))  # (N, C)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """clips: (B, TR, F, 3, SR, SR) uint8 or float -> (B, C, TR)."""
+        if clips.dim() != 6 or clips.shape[3] != 3:
+            raise ValueError(f"{self.name} expects clips of shape (B, TR, F, 3, SR, SR), got {tuple(clips.shape)}")
+        b, tr = clips.shape[:2]
+        snippets = clips.flatten(0, 1)  # (B*TR, F, 3, SR, SR)
+        if self._chunk is None:
+            feats = self._encode(snippets)
+        else:
+            parts = [run_segment(self._encode, self, chunk) for chunk in snippets.split(self._chunk)]
+            feats = torch.cat(parts)  # (B*TR, C)
+        return feats.view(b, tr, self.out_channels).transpose(1, 2).contiguous()  # (B, C, TR)
+
+
+class TSMResNet(VideoEncoder):
+    """TSM ResNet (residual shift in every block) on torchvision's ResNet definition.
+
+    Each frame goes through the 2D ResNet; the blocks shift channels across the F frames
+    of its snippet; the globally average-pooled frame features are averaged over F."""
+
+    def __init__(self, name: str, block: type, layers: tuple[int, int, int, int], *, freeze_bn: bool = True):
+        super().__init__(name, 512 * block.expansion, IMAGENET_MEAN, IMAGENET_STD, freeze_bn=freeze_bn)
+        trunk = ResNet(block, list(layers))  # torchvision's definition, random init
+        self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.train()
+
+    def snippet_features(self, snippets: Tensor) -> Tensor:
+        n, f = snippets.shape[:2]
+        x = snippets.flatten(0, 1)  # (N*F, 3, H, W), frames of a snippet adjacent
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # stem, never checkpointed
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self.run_block(block, x, f)
+        x = x.mean(dim=(2, 3))  # (N*F, C) global average pool
+        return x.view(n, f, self.out_channels).mean(dim=1)  # (N, C) mean over frames
+
+
+class R2Plus1D(VideoEncoder):
+    """torchvision's R(2+1)D-18 (Tran et al., CVPR 2018): each snippet is one clip
+    (3, F, H, W); the feature is the global (time and space) average pool of layer4."""
+
+    def __init__(self, name: str = "r2plus1d_18", *, freeze_bn: bool = True):
+        super().__init__(name, 512, KINETICS_MEAN, KINETICS_STD, freeze_bn=freeze_bn)
+        trunk = r2plus1d_18(weights=None)
+        self.stem = trunk.stem
+        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.train()
+
+    def snippet_features(self, snippets: Tensor) -> Tensor:
+        x = self.stem(snippets.transpose(1, 2))  # (N, 3, F, H, W) -> (N, 64, F, H/2, W/2)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self.run_block(block, x)
+        return x.mean(dim=(2, 3, 4))  # (N, 512)
+
+
+ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
+    "tsm_r18": lambda freeze_bn: TSMResNet("tsm_r18", ShiftBasicBlock, (2, 2, 2, 2), freeze_bn=freeze_bn),
+    "tsm_r34": lambda freeze_bn: TSMResNet("tsm_r34", ShiftBasicBlock, (3, 4, 6, 3), freeze_bn=freeze_bn),
+    "tsm_r50": lambda freeze_bn: TSMResNet("tsm_r50", ShiftBottleneck, (3, 4, 6, 3), freeze_bn=freeze_bn),
+    "r2plus1d_18": lambda freeze_bn: R2Plus1D("r2plus1d_18", freeze_bn=freeze_bn),
+}
+
+
+def build_encoder(
+    name: str,
+    *,
+    pretrained: str | os.PathLike | None = None,
+    freeze_bn: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> VideoEncoder:
+    """Build encoder `name` (a key of ENCODERS) with random init, or with the weights of a
+    local checkpoint `pretrained` (torchvision or TSM layout, see `lofi.models.pretrained`;
+    the load report is kept as `encoder.pretrained_report`). `device="meta"` builds
+    without memory. Never downloads anything."""
+    if name not in ENCODERS:
+        raise OptionError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODERS)}")
+    if device is None:
+        encoder = ENCODERS[name](freeze_bn)
+    else:
+        with torch.device(device):
+            encoder = ENCODERS[name](freeze_bn)
+    if dtype is not None:
+        encoder = encoder.to(dtype=dtype)
+    if pretrained is not None:
+        from lofi.models.pretrained import load_pretrained
+
+        encoder.pretrained_report = load_pretrained(encoder, pretrained)
+    return encoder

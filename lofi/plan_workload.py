@@ -1,0 +1,146 @@
+"""The LoFi training step as a planner Workload: TSM encoder + TAL head (G-TAD or BMN)
+trained end to end with the head's loss, on uint8 clips of the candidate's fidelity.
+
+    clips (B, TR, F, 3, SR, SR) uint8 -> encoder -> (B, C, TR) -> head -> HeadOutput
+    loss = tal_loss(output, start (B, T), end (B, T), iou_map (B, T, T), valid anchors (T, T))
+
+T = TR (PAPER.md: "When TR < 100, the anchors of the head are all pairs"). Optimizer:
+SGD, momentum 0, weight decay 1e-4 (the paper), or the other `planner.candidate`
+optimizers (`planner.workload.sgd_or_adam`). BatchNorm is frozen (`build_encoder`'s
+default). The planner drives the step (autocast, backward, optimizer step, zero_grad;
+see `planner.workload`): the trainer must run the same step.
+
+Tracing `chunk:K` fast: a chunked encoder runs the same segment B*TR/K times, and
+tracing every chunk would cost seconds per candidate. While the planner traces (a
+recorder with compression is active), `_ChunkTraceRunner` runs the first three chunks
+for real, puts one zero tensor in place of the outputs of the others, and marks each
+chunk's forward and recomputation; `planner.synthesis.expand_periods` then repeats the
+events of a middle chunk (forward and backward) for every chunk skipped. A shorter last
+chunk (K not dividing B*TR) is synthesized as a full one: at most one chunk's
+activations too many, while that chunk alone is in flight.
+Everything else (normalisation, checkpoint segments, concatenation) is the encoder's
+own code path; tests/test_plan_workload.py checks the expanded trace against a full one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lofi.models.encoder_checkpointing import run_segment
+from lofi.models.encoders import VideoEncoder, build_encoder
+from lofi.models.heads import HeadOutput, build_head
+from lofi.models.labels import valid_anchor_mask
+from lofi.models.losses import tal_loss
+from planner.trace import active_recorder
+from planner.workload import ModelSpec, StepSpec, sgd_or_adam
+
+WORKLOAD_KEY = "lofi-tal/1"  # bump when the model, loss or inputs change (trace cache key)
+REAL_CHUNKS = 3  # chunks traced for real; the others are synthesized from the middle one
+
+
+class LofiModel(nn.Module):
+    """Encoder + head: clips (B, TR, F, 3, SR, SR) -> HeadOutput."""
+
+    def __init__(self, encoder: VideoEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, clips: Tensor) -> HeadOutput:
+        return self.head(self.encoder(clips))  # (B, C, TR) -> HeadOutput
+
+
+@dataclass(frozen=True)
+class LofiBatch:
+    clips: Tensor  # (B, TR, F, 3, SR, SR) uint8
+    start: Tensor  # (B, T) float32
+    end: Tensor  # (B, T) float32
+    iou_map: Tensor  # (B, T, T) float32
+    mask: Tensor  # (T, T) bool, valid anchors
+
+
+@dataclass(frozen=True)
+class LofiWorkload:
+    """The planner's view of `lofi train`'s end-to-end step."""
+
+    key: str = WORKLOAD_KEY
+
+    def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
+        encoder = build_encoder(spec.backbone, device=device)
+        head = build_head(spec.head, in_channels=encoder.out_channels, temporal_dim=spec.fidelity.tr, device=device)
+        encoder.set_grad_checkpointing(spec.checkpointing)
+        model = LofiModel(encoder, head).train()
+        if encoder._chunk is not None:
+            encoder.forward = _ChunkTraceRunner(encoder)  # instance attribute: shadows forward
+        return model
+
+    def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
+        return sgd_or_adam(model, step)
+
+    def make_batch(self, step: StepSpec, batch_size: int, device: torch.device) -> LofiBatch:
+        f = step.model.fidelity
+        t = f.tr
+        clips = torch.empty(batch_size, t, f.frames_per_snippet, 3, f.sr, f.sr, dtype=torch.uint8, device=device)
+        mask = torch.from_numpy(valid_anchor_mask(t)).to(device)  # (T, T)
+        return LofiBatch(
+            clips=clips,
+            start=torch.empty(batch_size, t, device=device),
+            end=torch.empty(batch_size, t, device=device),
+            iou_map=torch.empty(batch_size, t, t, device=device),
+            mask=mask,
+        )
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        output = model(batch.clips)
+        return tal_loss(output, batch.start, batch.end, batch.iou_map, batch.mask).total
+
+
+def lofi_workload() -> LofiWorkload:
+    return LofiWorkload()
+
+
+class _ChunkTraceRunner:
+    """`VideoEncoder.forward` under `chunk:K` while the planner traces with compression;
+    the encoder's own forward otherwise. Same ops as `VideoEncoder.forward`'s chunk
+    branch (split, one checkpoint segment per chunk, cat, view/transpose/contiguous)."""
+
+    def __init__(self, encoder: VideoEncoder) -> None:
+        self.encoder = encoder
+        self.original = type(encoder).forward.__get__(encoder)
+
+    def __call__(self, clips: Tensor) -> Tensor:
+        recorder = active_recorder()
+        if recorder is None or not recorder.compress:
+            return self.original(clips)
+        enc = self.encoder
+        b, tr = clips.shape[:2]
+        chunks = clips.flatten(0, 1).split(enc._chunk)  # (B*TR, F, 3, SR, SR) in chunks of K
+        n = len(chunks)
+        parts: list[Tensor] = []
+        for i, chunk in enumerate(chunks[:REAL_CHUNKS]):
+            recorder.period("forward", i)
+            parts.append(run_segment(_Marked(enc._encode, recorder, i), enc, chunk))
+            recorder.period("forward-end", i)
+        if n > REAL_CHUNKS:  # one stand-in for the outputs of every skipped chunk
+            skipped = sum(len(c) for c in chunks[REAL_CHUNKS:])
+            stub = torch.zeros(skipped, enc.out_channels, dtype=parts[-1].dtype, device=parts[-1].device)
+            recorder.stub(stub, units=skipped, units_per_period=enc._chunk)
+            parts.append(stub)
+        feats = torch.cat(parts)  # (B*TR, C)
+        return feats.view(b, tr, enc.out_channels).transpose(1, 2).contiguous()  # (B, C, TR)
+
+
+class _Marked:
+    """The chunk's segment function; marks the start of its recomputation in backward."""
+
+    def __init__(self, fn, recorder, index: int) -> None:
+        self.fn, self.recorder, self.index = fn, recorder, index
+
+    def __call__(self, chunk: Tensor) -> Tensor:
+        if torch._C._current_graph_task_id() != -1:
+            self.recorder.period("recompute", self.index)
+        return self.fn(chunk)

@@ -1,0 +1,129 @@
+"""The resolved configuration of a training run: frozen dataclasses, saved into the run
+folder and every checkpoint, loaded strictly (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lofi.errors import InputFileError, OptionError
+from planner.fidelity import Fidelity
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and step schedule of one stage: lr x gamma every `step_epochs`."""
+
+    name: str  # "sgd" | "adam"
+    lr: float
+    epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 1e-4
+    step_epochs: int = 5
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in ("sgd", "adam"):
+            raise OptionError(f"optimizer must be sgd or adam, got {self.name!r}")
+        if not self.lr > 0:
+            raise OptionError(f"learning rate must be > 0, got {self.lr}")
+        if self.epochs < 0:
+            raise OptionError(f"epochs must be >= 0, got {self.epochs}")
+        if self.step_epochs < 1:
+            raise OptionError(f"lr step must be >= 1 epoch, got {self.step_epochs}")
+
+
+# LoFi stage (PAPER.md, "LoFi optimisation"): SGD, momentum 0, weight decay 1e-4,
+# lr 0.1 halved every 5 epochs. The paper gives no epoch count; 10 is ours.
+LOFI_RECIPE = OptimConfig("sgd", lr=0.1, epochs=10, momentum=0.0, weight_decay=1e-4, step_epochs=5, gamma=0.5)
+# Head at full fidelity, G-TAD's ActivityNet recipe (PAPER.md, G-TAD): Adam lr 4e-3,
+# weight decay 1e-4, 10 epochs, batch 16, lr x0.1 after 5 epochs.
+GTAD_HEAD_RECIPE = OptimConfig("adam", lr=4e-3, epochs=10, weight_decay=1e-4, step_epochs=5, gamma=0.1)
+# BMN's released recipe (JJBOY/BMN-Boundary-Matching-Network opts.py): Adam lr 1e-3,
+# weight decay 1e-4, 9 epochs, batch 16, lr x0.1 after 7 epochs.
+BMN_HEAD_RECIPE = OptimConfig("adam", lr=1e-3, epochs=9, weight_decay=1e-4, step_epochs=7, gamma=0.1)
+HEAD_RECIPES = {"gtad": GTAD_HEAD_RECIPE, "bmn": BMN_HEAD_RECIPE}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    annotations: str
+    media_root: str
+    frames: bool = False  # media_root holds frame folders instead of video files
+    classification: str | None = None  # video-level class scores for detection fusion
+    train_subset: str = "training"
+    eval_subset: str = "validation"
+    full_fidelity: Fidelity = Fidelity(100, 224)  # feature extraction and head training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    backbone: str
+    head: str
+    lofi: OptimConfig = LOFI_RECIPE
+    head_stage: OptimConfig = GTAD_HEAD_RECIPE
+    head_batch: int = 16
+    cycle: str = "long"  # C-LoFi: "long" changes fidelity every epoch, "short" every 16 batches
+    short_cycle_batches: int = 16
+    pretrained: str | None = None
+    freeze_bn: bool = True
+    feature_batch: int = 8
+    checkpoint_every: int = 50  # optimizer steps between checkpoints (and at each epoch end)
+    num_workers: int = 0
+    seed: int = 0
+    baseline: bool = False  # skip the LoFi stage: frozen pre-trained encoder (ACP)
+    top_k_proposals: int = 100
+    top_k_classes: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cycle not in ("long", "short"):
+            raise OptionError(f"cycle must be long or short, got {self.cycle!r}")
+        for name in ("head_batch", "feature_batch", "checkpoint_every", "short_cycle_batches"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(document: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Rebuild a TrainConfig; unknown or missing keys are errors naming the field."""
+    return _build(TrainConfig, document, source)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputFileError(f"{path}: not a readable JSON config ({error})") from None
+    return config_from_dict(document, str(path))
+
+
+_NESTED = {"data": DataConfig, "lofi": OptimConfig, "head_stage": OptimConfig, "full_fidelity": Fidelity}
+
+
+def _build(cls, document: Any, where: str):
+    if not isinstance(document, dict):
+        raise InputFileError(f"{where}: expected an object for {cls.__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(document) - names)
+    if unknown:
+        raise InputFileError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}")
+    values = {}
+    for key, value in document.items():
+        nested = _NESTED.get(key)
+        values[key] = _build(nested, value, f"{where}.{key}") if nested else value
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise InputFileError(f"{where}: {error}") from None
+    except ValueError as error:
+        raise InputFileError(f"{where}: {error}") from None

@@ -1,0 +1,42 @@
+"""Graceful stop on SIGINT/SIGTERM: the trainer finishes the step it is in, writes a
+checkpoint and exits cleanly. A second signal stops at once."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+
+class StopRequest:
+    """Installs the handlers while active (`with StopRequest() as stop:`); the training
+    loop polls `stop.requested` after every step."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.signals = signals
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # second signal: give up on the graceful path
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def request(self, reason: str = "requested") -> None:
+        """Ask for a stop from code (tests, a step budget)."""
+        self.requested = True
+        self.signal_name = reason
+
+    def __enter__(self) -> StopRequest:
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay with their owner
+                pass
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()

@@ -1,0 +1,210 @@
+"""Fit, rank and choose (planner issue, "Choice").
+
+- Fits: total bytes per rank <= the GPU's memory x (1 - margin); margin default 10 %.
+- Best: highest quality first (planner.quality), then the fastest estimated time per
+  video; ties go to the larger batch, less recomputation, half precision, fewer
+  accumulation steps.
+- Every candidate that is not chosen carries the reason: does not fit, slower, or lower
+  fidelity. Nothing fits: NothingFits (exit code 3) with the smallest requirement and
+  the levers that would help.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from planner.candidate import Candidate, parse_checkpointing
+from planner.errors import NothingFitsError, PlannerError
+from planner.estimates import CandidateEstimate
+from planner.grid import GridSpec
+from planner.hardware import GpuProfile
+from planner.quality import Evidence, Quality, config_key, rank_quality, why_lower
+
+DEFAULT_MARGIN = 0.10
+GIB = 2**30
+_PRECISION_ORDER = {"bf16": 0, "fp16": 1, "fp32": 2}  # half precision first where allowed
+_CHECKPOINT_ORDER = {"none": 0, "block": 1, "chunk": 2}  # least recomputation first
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    estimate: CandidateEstimate
+    quality: Quality
+    fits: bool
+    reason: str | None  # None for the chosen candidate
+    rank: int  # 1 = chosen (or, when nothing fits, the best-ranked)
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.estimate.candidate
+
+    @property
+    def total_bytes(self) -> int:
+        return self.estimate.memory.total
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """All candidates, best first: the fitting ones in choice order, then the others."""
+
+    ranked: tuple[RankedCandidate, ...]
+    usable_bytes: int
+    chosen: RankedCandidate | None
+    why: str | None  # why the chosen one won
+
+
+class NothingFits(NothingFitsError):
+    """No candidate fits; carries the smallest requirement and the levers."""
+
+    def __init__(self, message: str, smallest: CandidateEstimate, usable_bytes: int, levers: tuple[str, ...]):
+        super().__init__(message)
+        self.smallest = smallest
+        self.usable_bytes = usable_bytes
+        self.levers = levers
+
+
+def usable_bytes(profile: GpuProfile, margin: float = DEFAULT_MARGIN) -> int:
+    if not 0.0 <= margin < 1.0:
+        raise PlannerError(f"--margin must be in [0, 1), got {margin}")
+    return math.floor(profile.memory_bytes * (1.0 - margin))
+
+
+def seconds_per_video(estimate: CandidateEstimate) -> float | None:
+    """Wall time per training video: one optimizer step processes the global batch."""
+    if estimate.time is None:
+        return None
+    return estimate.time.seconds_per_step / estimate.candidate.global_batch
+
+
+def rank_candidates(
+    estimates: Sequence[CandidateEstimate],
+    usable: int,
+    evidence: Sequence[Evidence],
+    oom: Collection[Candidate] = (),
+) -> Ranking:
+    """Rank every estimate; candidates in `oom` ran out of memory when measured for real
+    (`--measure`) and do not fit whatever their estimate says."""
+    if not estimates:
+        raise PlannerError("no candidates to rank")
+    qualities = rank_quality((e.candidate for e in estimates), evidence)
+    quality = {id(e): qualities[config_key(e.candidate)] for e in estimates}
+    fit = {id(e): e.memory.total <= usable and e.candidate not in oom for e in estimates}
+    fitting = sorted((e for e in estimates if fit[id(e)]), key=lambda e: (quality[id(e)].tier, _speed_key(e)))
+    failing = sorted((e for e in estimates if not fit[id(e)]), key=lambda e: (quality[id(e)].tier, e.memory.total))
+    winner = fitting[0] if fitting else None
+    ranked = []
+    for rank, estimate in enumerate([*fitting, *failing], start=1):
+        fits = fit[id(estimate)]
+        if estimate is winner:
+            reason = None
+        elif estimate.candidate in oom:
+            reason = f"does not fit: ran out of memory when measured (estimated {gib(estimate.memory.total)} GiB)"
+        elif not fits:
+            reason = f"does not fit: needs {gib(estimate.memory.total)} of {gib(usable)} GiB"
+        elif quality[id(estimate)].tier == quality[id(winner)].tier:
+            reason = _slower(estimate, winner)
+        else:
+            reason = why_lower(quality[id(estimate)], quality[id(winner)])
+        ranked.append(RankedCandidate(estimate, quality[id(estimate)], fits, reason, rank))
+    chosen = ranked[0] if winner is not None else None
+    why = _why(chosen, ranked, usable) if chosen is not None else None
+    return Ranking(tuple(ranked), usable, chosen, why)
+
+
+def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None = None) -> RankedCandidate:
+    """The chosen candidate, or NothingFits with the smallest requirement and the levers."""
+    if ranking.chosen is not None:
+        return ranking.chosen
+    smallest = min(ranking.ranked, key=lambda r: r.total_bytes).estimate
+    found = levers(smallest.candidate, spec)
+    message = (
+        f"nothing fits in {gib(ranking.usable_bytes)} GiB per GPU ({profile.name}, "
+        f"{profile.memory_bytes / GIB:.0f} GiB less the margin): the smallest candidate, {describe(smallest.candidate)}, "
+        f"needs {gib(smallest.memory.total)} GiB. Levers: {'; '.join(found)}"
+    )
+    raise NothingFits(message, smallest, ranking.usable_bytes, tuple(found))
+
+
+def levers(smallest: Candidate, spec: GridSpec | None) -> list[str]:
+    """What would shrink the requirement, from what the grid has not tried yet."""
+    spec = spec or GridSpec()
+    found = []
+    if all(parse_checkpointing(p)[0] == "none" for p in spec.checkpointing):
+        found.append("gradient checkpointing (--checkpointing block or chunk:K)")
+    if set(spec.precisions or ("fp32", "fp16")) == {"fp32"}:
+        found.append("half precision (--precision fp16, or bf16 where the GPU has it)")
+    if not spec.accumulation:
+        found.append("a smaller batch per GPU with gradient accumulation (drop --no-accumulation)")
+    elif min(spec.batches) > 1:
+        found.append("a smaller batch per GPU (--batch 1)")
+    smallest_tr = min(f.tr for f in smallest.fidelities)
+    smallest_sr = min(f.sr for f in smallest.fidelities)
+    if smallest_tr > 1:
+        found.append(f"fewer snippets (--tr below {smallest_tr})")
+    if smallest_sr > 32:
+        found.append(f"a smaller SR (--sr below {smallest_sr})")
+    if not spec.accumulation:
+        found.append("more GPUs (--gpus), which splits the global batch")
+    return found
+
+
+def describe(candidate: Candidate) -> str:
+    """One line: 'C-LoFi 100/112+25/224+50/158 tsm_r18, batch 4x4, fp16, block'."""
+    if candidate.cycle is not None:
+        fidelity = "C-LoFi " + "+".join(f.label() for f in candidate.cycle)
+    else:
+        fidelity = candidate.fidelity.label()  # type: ignore[union-attr]
+    batch = f"batch {candidate.batch_per_gpu}" + (f"x{candidate.accumulation}" if candidate.accumulation > 1 else "")
+    return f"{fidelity} {candidate.backbone}, {batch}, {candidate.precision}, checkpointing {candidate.checkpointing}"
+
+
+def gib(value: int | float) -> str:
+    return f"{value / GIB:.1f}"
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def _speed_key(estimate: CandidateEstimate) -> tuple:
+    candidate = estimate.candidate
+    per_video = seconds_per_video(estimate)
+    return (
+        per_video if per_video is not None else math.inf,
+        -candidate.batch_per_gpu,
+        _CHECKPOINT_ORDER[parse_checkpointing(candidate.checkpointing)[0]],
+        _PRECISION_ORDER[candidate.precision],
+        candidate.accumulation,
+        describe(candidate),
+    )
+
+
+def _slower(estimate: CandidateEstimate, winner: CandidateEstimate) -> str:
+    mine, best = seconds_per_video(estimate), seconds_per_video(winner)
+    if mine is not None and best is not None and mine > best:
+        epoch, best_epoch = estimate.time.seconds_per_epoch, winner.time.seconds_per_epoch  # type: ignore[union-attr]
+        return f"slower: {hours(epoch)} vs {hours(best_epoch)} per epoch"
+    a, b = estimate.candidate, winner.candidate
+    if a.batch_per_gpu != b.batch_per_gpu:
+        return f"slower: smaller batch per GPU ({a.batch_per_gpu} vs {b.batch_per_gpu})"
+    if a.checkpointing != b.checkpointing:
+        return f"slower: more recomputation ({a.checkpointing} vs {b.checkpointing})"
+    if a.precision != b.precision:
+        return f"slower: {a.precision} vs {b.precision}"
+    return "slower: same quality, ranked after the chosen one"
+
+
+def _why(chosen: RankedCandidate, ranked: Sequence[RankedCandidate], usable: int) -> str:
+    peers = sum(1 for r in ranked if r.fits and r.quality.tier == chosen.quality.tier)
+    text = f"highest quality that fits ({chosen.quality.summary()})"
+    text += f", fastest of {peers} fitting candidates of that quality" if peers > 1 else ""
+    better = [r for r in ranked if r.quality.tier < chosen.quality.tier]
+    if better:
+        closest = min(better, key=lambda r: r.total_bytes)
+        text += (
+            f"; every higher-quality candidate needs more than {gib(usable)} GiB "
+            f"(the smallest: {describe(closest.candidate)}, {gib(closest.total_bytes)} GiB)"
+        )
+    return text

@@ -1,0 +1,501 @@
+"""plan.json: what `lofi plan` decided, and everything the trainer needs to build the run.
+
+A versioned schema (SCHEMA, VERSION). Frozen dataclasses <-> JSON; saved atomically;
+loaded strictly: an unknown or missing key, a wrong type or an inconsistent total is a
+PlanFileError that names the field (e.g. `candidates[3].estimate.memory.activations`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from planner.candidate import Candidate
+from planner.choose import Ranking
+from planner.errors import PlanFileError
+from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.fidelity import Fidelity
+from planner.hardware import GpuProfile
+
+SCHEMA = "lofi.plan"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    display_name: str
+    memory_bytes: int
+    kind: str = "gpu"
+    detected: bool = False  # True: read from NVML on this machine; False: a profile by name
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A candidate run for real (`lofi plan --measure`, planner.measure)."""
+
+    oom: bool
+    max_allocated_bytes: int | None = None
+    max_reserved_bytes: int | None = None
+    nvml_used_bytes: int | None = None
+    step_seconds: float | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    rank: int
+    candidate: Candidate
+    memory: MemoryEstimate
+    time: TimeEstimate | None
+    fits: bool
+    reason: str | None
+    quality_tier: int
+    quality: str  # one line: the paper's result, or the volume/depth it was ranked by
+    paper_avg_map: float | None = None
+    measured: Measurement | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.memory.total
+
+    @property
+    def estimate(self) -> CandidateEstimate:
+        return CandidateEstimate(self.candidate, self.memory, self.time)
+
+
+@dataclass(frozen=True)
+class Plan:
+    hardware: Hardware
+    gpus: int
+    nodes: int
+    margin: float
+    usable_bytes: int
+    global_batch: int
+    videos_per_epoch: int
+    dataset: str  # where videos_per_epoch comes from
+    chosen: Candidate
+    memory: MemoryEstimate  # the chosen candidate's estimate
+    time: TimeEstimate | None
+    why: str
+    candidates: tuple[PlanEntry, ...]
+    notices: tuple[str, ...] = ()
+    created: str = ""
+
+
+def plan_from_ranking(
+    ranking: Ranking,
+    profile: GpuProfile,
+    *,
+    margin: float,
+    global_batch: int,
+    videos_per_epoch: int,
+    dataset: str,
+    detected: bool = False,
+    notices: tuple[str, ...] = (),
+    measured: dict[int, Measurement] | None = None,
+) -> Plan:
+    """A Plan from a Ranking that has a chosen candidate; `measured` maps rank -> result."""
+    if ranking.chosen is None or ranking.why is None:
+        raise ValueError("a plan needs a chosen candidate")
+    entries = entries_from_ranking(ranking, measured)
+    chosen = ranking.chosen
+    return Plan(
+        hardware=Hardware(profile.name, profile.display_name, profile.memory_bytes, profile.kind, detected),
+        gpus=chosen.candidate.gpus,
+        nodes=chosen.candidate.nodes,
+        margin=margin,
+        usable_bytes=ranking.usable_bytes,
+        global_batch=global_batch,
+        videos_per_epoch=videos_per_epoch,
+        dataset=dataset,
+        chosen=chosen.candidate,
+        memory=chosen.estimate.memory,
+        time=chosen.estimate.time,
+        why=ranking.why,
+        candidates=entries,
+        notices=notices,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def entries_from_ranking(ranking: Ranking, measured: dict[int, Measurement] | None = None) -> tuple[PlanEntry, ...]:
+    """Plan entries for every ranked candidate (also when nothing fits, for the report)."""
+    measured = measured or {}
+    return tuple(
+        PlanEntry(
+            rank=r.rank,
+            candidate=r.candidate,
+            memory=r.estimate.memory,
+            time=r.estimate.time,
+            fits=r.fits,
+            reason=r.reason,
+            quality_tier=r.quality.tier,
+            quality=r.quality.summary(),
+            paper_avg_map=r.quality.evidence.avg_map if r.quality.evidence else None,
+            measured=measured.get(r.rank),
+        )
+        for r in ranking.ranked
+    )
+
+
+# --- dataclasses -> JSON -------------------------------------------------------------
+
+
+def candidate_to_dict(candidate: Candidate) -> dict[str, Any]:
+    single = candidate.fidelity
+    return {
+        "tr": single.tr if single else None,
+        "sr": single.sr if single else None,
+        "frames_per_snippet": single.frames_per_snippet if single else None,
+        "cycle": [_fidelity_dict(f) for f in candidate.cycle] if candidate.cycle is not None else None,
+        "backbone": candidate.backbone,
+        "head": candidate.head,
+        "batch_per_gpu": candidate.batch_per_gpu,
+        "gpus": candidate.gpus,
+        "nodes": candidate.nodes,
+        "accumulation": candidate.accumulation,
+        "precision": candidate.precision,
+        "checkpointing": candidate.checkpointing,
+        "optimizer": candidate.optimizer,
+    }
+
+
+def estimate_to_dict(memory: MemoryEstimate, time: TimeEstimate | None) -> dict[str, Any]:
+    return {
+        "total_bytes": memory.total,
+        "memory": memory.as_dict(),
+        "time": {f.name: getattr(time, f.name) for f in fields(time)} if time is not None else None,
+    }
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "created": plan.created,
+        "hardware": {f.name: getattr(plan.hardware, f.name) for f in fields(plan.hardware)},
+        "gpus": plan.gpus,
+        "nodes": plan.nodes,
+        "margin": plan.margin,
+        "usable_bytes": plan.usable_bytes,
+        "global_batch": plan.global_batch,
+        "dataset": {"videos_per_epoch": plan.videos_per_epoch, "source": plan.dataset},
+        "chosen": candidate_to_dict(plan.chosen),
+        "estimate": estimate_to_dict(plan.memory, plan.time),
+        "why": plan.why,
+        "notices": list(plan.notices),
+        "candidates": [
+            {
+                "rank": e.rank,
+                "candidate": candidate_to_dict(e.candidate),
+                "fits": e.fits,
+                "reason": e.reason,
+                "quality": {"tier": e.quality_tier, "summary": e.quality, "paper_avg_map": e.paper_avg_map},
+                "estimate": estimate_to_dict(e.memory, e.time),
+                "measured": measurement_to_dict(e.measured) if e.measured else None,
+            }
+            for e in plan.candidates
+        ],
+    }
+
+
+def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
+    """Write atomically: a temporary file beside `path`, fsync, rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(plan_to_dict(plan), indent=2) + "\n"
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --- JSON -> dataclasses (strict) ----------------------------------------------------
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise PlanFileError(f"plan file not found: {source} (run `lofi plan` to make one)") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise PlanFileError(f"cannot read plan file {source}: {error}") from error
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PlanFileError(f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from error
+    return plan_from_dict(document, str(source))
+
+
+def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:
+    root = _Node(document, origin, "")
+    schema = root.str("schema")
+    if schema != SCHEMA:
+        raise PlanFileError(f"{origin}: schema is {schema!r}, not a lofi plan ({SCHEMA!r})")
+    version = root.int("version")
+    if version != VERSION:
+        raise PlanFileError(f"{origin}: plan schema version {version}; this lofi reads version {VERSION} (run `lofi plan` again)")
+    hw = root.obj("hardware")
+    hardware = Hardware(hw.str("name"), hw.str("display_name"), hw.int("memory_bytes", minimum=1), hw.str("kind"), hw.bool("detected"))
+    hw.done()
+    dataset = root.obj("dataset")
+    videos, dataset_source = dataset.int("videos_per_epoch", minimum=1), dataset.str("source")
+    dataset.done()
+    memory, time = _estimate(root.obj("estimate"))
+    candidates = tuple(_entry(node) for node in root.list("candidates"))
+    if not candidates:
+        raise PlanFileError(f"{origin}: candidates is empty")
+    margin = root.float("margin")
+    if not 0.0 <= margin < 1.0:
+        raise PlanFileError(f"{origin}: margin must be in [0, 1), got {margin}")
+    plan = Plan(
+        hardware=hardware,
+        gpus=root.int("gpus", minimum=1),
+        nodes=root.int("nodes", minimum=1),
+        margin=margin,
+        usable_bytes=root.int("usable_bytes", minimum=1),
+        global_batch=root.int("global_batch", minimum=1),
+        videos_per_epoch=videos,
+        dataset=dataset_source,
+        chosen=_candidate(root.obj("chosen")),
+        memory=memory,
+        time=time,
+        why=root.str("why"),
+        candidates=candidates,
+        notices=tuple(n.value_str() for n in root.list("notices")),
+        created=root.str("created"),
+    )
+    root.done()
+    return plan
+
+
+def candidate_from_dict(document: Any, origin: str = "candidate") -> Candidate:
+    """A candidate written by candidate_to_dict -> Candidate, strictly."""
+    node = _Node(document, origin, "")
+    if not isinstance(document, dict):
+        raise node.fail(None, f"expected an object, got {_kind(document)}")
+    return _candidate(node)
+
+
+def measurement_from_dict(document: Any, origin: str = "measurement") -> Measurement:
+    """A measuring subprocess's result (planner.measure) -> Measurement, strictly."""
+    node = _Node(document, origin, "")
+    if not isinstance(document, dict):
+        raise node.fail(None, f"expected an object, got {_kind(document)}")
+    return _measurement(node)
+
+
+def measurement_to_dict(measurement: Measurement) -> dict[str, Any]:
+    return {f.name: getattr(measurement, f.name) for f in fields(measurement)}
+
+
+class _Node:
+    """A JSON value with its path, for messages such as `plan.json: chosen.tr: ...`."""
+
+    def __init__(self, value: Any, origin: str, path: str):
+        self.value, self.origin, self.path = value, origin, path
+        self.seen: set[str] = set()
+
+    def fail(self, key: str | None, message: str) -> PlanFileError:
+        where = ".".join(p for p in (self.path, key) if p)
+        return PlanFileError(f"{self.origin}: {where or 'top level'}: {message}")
+
+    def get(self, key: str) -> Any:
+        if not isinstance(self.value, dict):
+            raise self.fail(None, f"expected an object, got {type(self.value).__name__}")
+        if key not in self.value:
+            raise self.fail(key, "missing")
+        self.seen.add(key)
+        return self.value[key]
+
+    def child(self, key: str) -> _Node:
+        return _Node(self.get(key), self.origin, f"{self.path}.{key}" if self.path else key)
+
+    def obj(self, key: str) -> _Node:
+        node = self.child(key)
+        if not isinstance(node.value, dict):
+            raise self.fail(key, f"expected an object, got {_kind(node.value)}")
+        return node
+
+    def optional_obj(self, key: str) -> _Node | None:
+        return None if self.get(key) is None else self.obj(key)
+
+    def list(self, key: str) -> list[_Node]:
+        value = self.get(key)
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list, got {_kind(value)}")
+        base = f"{self.path}.{key}" if self.path else key
+        return [_Node(item, self.origin, f"{base}[{i}]") for i, item in enumerate(value)]
+
+    def int(self, key: str, minimum: int = 0, optional: bool = False) -> Any:
+        value = self.get(key)
+        if optional and value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(key, f"expected an integer >= {minimum}{' or null' if optional else ''}, got {value!r}")
+        return value
+
+    def float(self, key: str, optional: bool = False) -> Any:
+        value = self.get(key)
+        if optional and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise self.fail(key, f"expected a number >= 0{' or null' if optional else ''}, got {value!r}")
+        return float(value)
+
+    def str(self, key: str, optional: bool = False) -> Any:
+        value = self.get(key)
+        if optional and value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string{' or null' if optional else ''}, got {value!r}")
+        return value
+
+    def bool(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def value_str(self) -> str:
+        if not isinstance(self.value, str):
+            raise self.fail(None, f"expected a string, got {self.value!r}")
+        return self.value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.value) - self.seen)
+        if unknown:
+            raise self.fail(None, f"unknown key(s) {', '.join(unknown)}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _fidelity_dict(fidelity: Fidelity) -> dict[str, int]:
+    return {"tr": fidelity.tr, "sr": fidelity.sr, "frames_per_snippet": fidelity.frames_per_snippet}
+
+
+def _fidelity(node: _Node) -> Fidelity:
+    try:
+        fidelity = Fidelity(node.int("tr", 1), node.int("sr", 1), node.int("frames_per_snippet", 1))
+    except ValueError as error:
+        raise node.fail(None, str(error)) from error
+    node.done()
+    return fidelity
+
+
+def _candidate(node: _Node) -> Candidate:
+    cycle_nodes = None if node.get("cycle") is None else node.list("cycle")
+    single = [node.get(k) for k in ("tr", "sr", "frames_per_snippet")]
+    if cycle_nodes is not None:
+        if any(v is not None for v in single):
+            raise node.fail("cycle", "a cycle candidate has tr, sr and frames_per_snippet null")
+        fidelity, cycle = None, tuple(_fidelity(n) for n in cycle_nodes)
+        if not cycle:
+            raise node.fail("cycle", "a C-LoFi cycle needs at least one fidelity")
+    else:
+        try:
+            fidelity, cycle = Fidelity(node.int("tr", 1), node.int("sr", 1), node.int("frames_per_snippet", 1)), None
+        except ValueError as error:
+            raise node.fail(None, str(error)) from error
+    try:
+        candidate = Candidate(
+            backbone=node.str("backbone"),
+            head=node.str("head"),
+            batch_per_gpu=node.int("batch_per_gpu", 1),
+            fidelity=fidelity,
+            cycle=cycle,
+            gpus=node.int("gpus", 1),
+            nodes=node.int("nodes", 1),
+            accumulation=node.int("accumulation", 1),
+            precision=node.str("precision"),
+            checkpointing=node.str("checkpointing"),
+            optimizer=node.str("optimizer"),
+        )
+    except ValueError as error:
+        raise node.fail(None, str(error)) from error
+    node.done()
+    return candidate
+
+
+def _estimate(node: _Node) -> tuple[MemoryEstimate, TimeEstimate | None]:
+    total = node.int("total_bytes")
+    mem = node.obj("memory")
+    memory = MemoryEstimate(
+        **{k: mem.int(k) for k in ("parameters", "gradients", "optimizer_state", "activations", "workspace", "allocator_slack", "context")},
+        ddp=mem.int("ddp", optional=True),
+        nccl=mem.int("nccl", optional=True),
+        source=mem.str("source"),
+        calibration=mem.str("calibration", optional=True),
+    )
+    if memory.source not in ("estimated", "measured"):
+        raise mem.fail("source", f"expected 'estimated' or 'measured', got {memory.source!r}")
+    if mem.int("total") != memory.total:
+        raise mem.fail("total", f"{mem.get('total')} differs from the sum of its categories ({memory.total})")
+    mem.done()
+    if total != memory.total:
+        raise node.fail("total_bytes", f"{total} differs from memory.total ({memory.total})")
+    tnode = node.optional_obj("time")
+    time = None
+    if tnode is not None:
+        time = TimeEstimate(
+            flops_per_step=tnode.float("flops_per_step"),
+            seconds_per_step=tnode.float("seconds_per_step"),
+            seconds_per_epoch=tnode.float("seconds_per_epoch"),
+            videos_per_epoch=tnode.int("videos_per_epoch", 1),
+            cost_per_epoch_usd=tnode.float("cost_per_epoch_usd", optional=True),
+        )
+        tnode.done()
+    node.done()
+    return memory, time
+
+
+def _entry(node: _Node) -> PlanEntry:
+    quality = node.obj("quality")
+    measured = node.optional_obj("measured")
+    memory, time = _estimate(node.obj("estimate"))
+    entry = PlanEntry(
+        rank=node.int("rank", 1),
+        candidate=_candidate(node.obj("candidate")),
+        memory=memory,
+        time=time,
+        fits=node.bool("fits"),
+        reason=node.str("reason", optional=True),
+        quality_tier=quality.int("tier"),
+        quality=quality.str("summary"),
+        paper_avg_map=quality.float("paper_avg_map", optional=True),
+        measured=_measurement(measured) if measured is not None else None,
+    )
+    quality.done()
+    node.done()
+    return entry
+
+
+def _measurement(node: _Node) -> Measurement:
+    measurement = Measurement(
+        oom=node.bool("oom"),
+        max_allocated_bytes=node.int("max_allocated_bytes", optional=True),
+        max_reserved_bytes=node.int("max_reserved_bytes", optional=True),
+        nvml_used_bytes=node.int("nvml_used_bytes", optional=True),
+        step_seconds=node.float("step_seconds", optional=True),
+        device=node.str("device", optional=True),
+        error=node.str("error", optional=True),
+    )
+    node.done()
+    return measurement

@@ -1,0 +1,191 @@
+"""What the planner traces: a Workload builds the model, optimizer and inputs of one
+training step for a candidate's shapes. The planner drives the step itself (forward and
+loss under autocast, backward, optimizer step, zero_grad) so that every workload is
+traced the same way the trainer runs it. `lofi.plan_workload` is the real LoFi workload;
+`TorchvisionWorkload` below is a small reference one (tests, docs). The planner never
+imports `lofi`.
+
+The training step the planner assumes (and the trainer must keep):
+
+    batch = make_batch(...)                      # replaces the previous batch
+    with autocast(precision):                    # fp16/bf16 only
+        loss = workload.loss(model, batch)
+    loss.backward()                              # (accumulation: repeat the lines above)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)        # right after the step
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from planner.candidate import Candidate, parse_checkpointing
+from planner.fidelity import Fidelity
+
+TARGETS = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the model (parameters, buffers, checkpointing switch) depends on."""
+
+    backbone: str
+    head: str
+    fidelity: Fidelity
+    checkpointing: str = "none"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One traced training step, batch size aside. `precision` fp16 and bf16 trace the
+    same (2-byte floats, same autocast rules); `target` picks the optimizer
+    implementation PyTorch would use there (foreach on CUDA, per-tensor on CPU)."""
+
+    model: ModelSpec
+    precision: str = "fp32"
+    optimizer: str = "sgd"
+    target: str = "cuda"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+
+    @property
+    def traced_precision(self) -> str:
+        """bf16 is traced as fp16: identical bytes and casting rules."""
+        return "fp16" if self.precision == "bf16" else self.precision
+
+    def canonical(self) -> StepSpec:
+        return replace(self, precision=self.traced_precision)
+
+
+def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:
+    """The step of each fidelity the candidate trains at (one, or a C-LoFi cycle's)."""
+    parse_checkpointing(candidate.checkpointing)
+    return tuple(
+        StepSpec(
+            model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing),
+            precision=candidate.precision,
+            optimizer=candidate.optimizer,
+            target=target,
+        )
+        for fidelity in candidate.fidelities
+    )
+
+
+@runtime_checkable
+class Workload(Protocol):
+    """A model family the planner can trace. `key` names the workload and its version:
+    change it whenever the model, the loss or the inputs change, since cached traces are
+    keyed by it."""
+
+    key: str
+
+    def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
+        """The model for `spec` on `device` (the planner passes "meta"), in train mode,
+        with its checkpointing policy set. Must depend on nothing but `spec`."""
+        ...
+
+    def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer: ...
+
+    def make_batch(self, step: StepSpec, batch_size: int, device: torch.device) -> Any:
+        """Inputs and targets of one micro-batch, as the trainer has them on the device."""
+        ...
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Forward and loss: a scalar tensor. Runs under autocast for fp16/bf16."""
+        ...
+
+
+def sgd_or_adam(model: nn.Module, step: StepSpec, *, lr: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+    """The optimizers of `planner.candidate.OPTIMIZERS` with the implementation PyTorch
+    picks by default on the target: foreach (multi-tensor) on CUDA, per-tensor on CPU
+    (torch/optim/optimizer.py `_default_to_fused_or_foreach`). Paper: SGD, momentum 0,
+    weight decay 1e-4 (PAPER.md, "LoFi optimisation")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    foreach = step.target == "cuda"
+    if step.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay, foreach=foreach)
+    if step.optimizer == "sgd_momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=foreach)
+    if step.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=foreach)
+    raise ValueError(f"unknown optimizer {step.optimizer!r}")
+
+
+class _Chunked(nn.Module):
+    """Runs `body` over the batch `chunk` samples at a time, each chunk one
+    non-reentrant checkpoint segment (the reference workload's `chunk:K`)."""
+
+    def __init__(self, body: nn.Module, chunk: int) -> None:
+        super().__init__()
+        self.body, self.chunk = body, chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = [checkpoint(self.body, part, use_reentrant=False) for part in x.split(self.chunk)]
+        return torch.cat(parts)
+
+
+class _Blocks(nn.Module):
+    """Runs `blocks` in order, each one checkpoint segment (the reference `block`)."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+@dataclass(frozen=True)
+class TorchvisionWorkload:
+    """Image classification with a torchvision ResNet: `backbone` is the torchvision
+    model name (resnet18, resnet50, ...), the image is SR x SR, TR is ignored, the loss is
+    cross-entropy over `classes` classes. A reference Workload for tests and docs."""
+
+    classes: int = 10
+    key: str = "torchvision-classifier/1"
+
+    def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
+        import torchvision
+
+        builder: Callable[..., nn.Module] = getattr(torchvision.models, spec.backbone)
+        with torch.device(device):
+            net = builder(num_classes=self.classes)
+        kind, size = parse_checkpointing(spec.checkpointing)
+        if kind == "none":
+            return net.train()
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+        tail = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
+        if kind == "block":
+            return nn.Sequential(stem, _Blocks([b for layer in layers for b in layer]), tail).train()
+        return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), size), tail).train()  # type: ignore[arg-type]
+
+    def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
+        return sgd_or_adam(model, step)
+
+    def make_batch(self, step: StepSpec, batch_size: int, device: torch.device) -> Any:
+        sr = step.model.fidelity.sr
+        images = torch.empty(batch_size, 3, sr, sr, device=device)  # (B, 3, SR, SR)
+        labels = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        return images, labels
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        images, labels = batch
+        return nn.functional.cross_entropy(model(images), labels)

@@ -1,0 +1,67 @@
+"""Checkpoints: atomic, previous kept, corrupt latest falls back, weights_only load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lofi.errors import CheckpointError
+from lofi.io_atomic import atomic_write_json
+from lofi.train.checkpoint import LATEST, PREVIOUS, has_checkpoint, load_checkpoint, save_checkpoint
+
+
+def test_save_then_load_round_trip(tmp_path):
+    save_checkpoint(tmp_path, {"step": 1, "weights": torch.arange(4.0)})
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.state["step"] == 1
+    assert torch.equal(loaded.state["weights"], torch.arange(4.0))
+    assert not loaded.fell_back
+    assert not (tmp_path / PREVIOUS).exists()
+
+
+def test_second_save_keeps_the_first_as_previous(tmp_path):
+    save_checkpoint(tmp_path, {"step": 1})
+    save_checkpoint(tmp_path, {"step": 2})
+    assert torch.load(tmp_path / PREVIOUS, weights_only=True)["step"] == 1
+    assert load_checkpoint(tmp_path).state["step"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_corrupt_latest_falls_back_to_previous_with_a_warning(tmp_path):
+    save_checkpoint(tmp_path, {"step": 1})
+    save_checkpoint(tmp_path, {"step": 2})
+    latest = tmp_path / LATEST
+    latest.write_bytes(latest.read_bytes()[:20])  # truncated, as after a crash mid-copy
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        loaded = load_checkpoint(tmp_path)
+    assert loaded.fell_back and loaded.state["step"] == 1
+
+
+def test_nothing_readable_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    (tmp_path / LATEST).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        load_checkpoint(tmp_path)
+    assert has_checkpoint(tmp_path)
+
+
+class Payload:
+    """An arbitrary object: weights_only loading must refuse to unpickle it."""
+
+
+def test_untrusted_pickles_are_refused(tmp_path):
+    torch.save({"object": Payload()}, tmp_path / LATEST)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)
+
+
+def test_failed_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "doc.json"
+    atomic_write_json(target, {"a": 1})
+
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # not serialisable
+    assert target.read_text().strip().startswith("{")
+    assert '"a": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]

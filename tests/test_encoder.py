@@ -1,0 +1,226 @@
+"""Video encoders: shapes, input scaling, frozen BatchNorm, checkpointing equivalence,
+meta / fake-tensor builds."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from lofi.errors import OptionError
+from lofi.models.encoders import ENCODERS, build_encoder
+
+POLICIES = ("none", "block", "chunk:1", "chunk:2")
+
+
+def _clips(b=1, tr=2, f=2, sr=32, seed=0, dtype=torch.uint8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, tr, f, 3, sr, sr), generator=g, dtype=torch.uint8)
+    return x if dtype == torch.uint8 else x.to(dtype) / 255.0
+
+
+def _train_step(encoder, clips):
+    """Forward, a loss that weighs every output differently, backward; returns
+    (output, grads by name, buffers by name)."""
+    encoder.train()
+    encoder.zero_grad(set_to_none=True)
+    out = encoder(clips)
+    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in encoder.named_parameters()}
+    buffers = {n: b.clone() for n, b in encoder.named_buffers()}
+    return out.detach(), grads, buffers
+
+
+def _assert_same(run_a, run_b, atol=1e-9):
+    out_a, grads_a, bufs_a = run_a
+    out_b, grads_b, bufs_b = run_b
+    assert torch.allclose(out_a, out_b, atol=atol, rtol=1e-7)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=atol, rtol=1e-7), name
+    for name in bufs_a:
+        assert torch.allclose(bufs_a[name].double(), bufs_b[name].double(), atol=atol), name
+
+
+@pytest.mark.parametrize("name, channels", [("tsm_r18", 512), ("tsm_r34", 512), ("tsm_r50", 2048), ("r2plus1d_18", 512)])
+def test_output_shape_uint8_and_float(name, channels):
+    encoder = build_encoder(name).eval()
+    assert encoder.out_channels == channels and encoder.name == name
+    assert not any(k.startswith("fc.") for k in encoder.state_dict())
+    with torch.no_grad():
+        from_uint8 = encoder(_clips(b=2, tr=3))
+        from_float = encoder(_clips(b=2, tr=3, dtype=torch.float32))
+    assert from_uint8.shape == (2, channels, 3)
+    assert torch.allclose(from_uint8, from_float, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tsm_r18", "r2plus1d_18"])
+@pytest.mark.parametrize("tr, f", [(1, 3), (3, 1), (1, 1)])
+def test_single_snippet_and_single_frame(name, tr, f):
+    encoder = build_encoder(name).eval()
+    with torch.no_grad():
+        out = encoder(_clips(b=2, tr=tr, f=f))
+    assert out.shape == (2, 512, tr)
+    assert torch.isfinite(out).all()
+
+
+def test_snippets_are_encoded_independently_and_frames_interact():
+    encoder = build_encoder("tsm_r18", dtype=torch.float64).eval()
+    x = _clips(tr=3, f=3, dtype=torch.float64)
+    with torch.no_grad():
+        out = encoder(x)
+        y = x.clone()
+        y[0, 1, 2] = 1.0 - y[0, 1, 2]  # last frame of snippet 1
+        changed = encoder(y)
+        # snippets 0 and 2 are untouched, snippet 1 changes
+        assert torch.equal(changed[..., 0], out[..., 0]) and torch.equal(changed[..., 2], out[..., 2])
+        assert not torch.allclose(changed[..., 1], out[..., 1])
+        # a mean of independent frame features would not depend on the frame order;
+        # the temporal shift makes it depend
+        reversed_frames = encoder(x.flip(2))
+    assert not torch.allclose(reversed_frames, out)
+
+
+def test_rejects_wrong_input_layout():
+    encoder = build_encoder("tsm_r18")
+    with pytest.raises(ValueError, match=r"\(B, TR, F, 3, SR, SR\)"):
+        encoder(torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_unknown_encoder_and_bad_policy_are_option_errors():
+    with pytest.raises(OptionError, match="tsm_r18, tsm_r34, tsm_r50, r2plus1d_18"):
+        build_encoder("tsm_r101")
+    encoder = build_encoder("tsm_r18", device="meta")
+    assert encoder.grad_checkpointing == "none"
+    for bad in ("chunk:0", "chunk", "blocks", "chunk:x"):
+        with pytest.raises(OptionError, match="chunk:K"):
+            encoder.set_grad_checkpointing(bad)
+    encoder.set_grad_checkpointing("chunk:4")
+    assert encoder.grad_checkpointing == "chunk:4"
+
+
+def test_frozen_bn_keeps_running_stats_and_trains_affine():
+    encoder = build_encoder("tsm_r18")
+    before = {n: b.clone() for n, b in encoder.named_buffers()}
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    encoder.train()
+    assert encoder.training and not encoder.bn1.training and not encoder.layer4[1].bn2.training
+    encoder(_clips()).sum().backward()
+    assert encoder.bn1.weight.grad is not None and encoder.bn1.weight.grad.abs().sum() > 0
+    weight_before = encoder.bn1.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(encoder.bn1.weight, weight_before)
+    for name, buffer in encoder.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_unfrozen_bn_updates_running_stats():
+    encoder = build_encoder("tsm_r18", freeze_bn=False).train()
+    mean_before = encoder.bn1.running_mean.clone()
+    encoder(_clips())
+    assert encoder.bn1.training and encoder.bn1.num_batches_tracked.item() == 1
+    assert not torch.equal(encoder.bn1.running_mean, mean_before)
+
+
+@pytest.fixture(scope="module")
+def tsm_r18_double():
+    torch.manual_seed(0)
+    return build_encoder("tsm_r18", dtype=torch.float64)
+
+
+@pytest.mark.parametrize("policy", POLICIES[1:])
+def test_checkpointing_is_equivalent_with_frozen_bn(tsm_r18_double, policy):
+    clips = _clips(b=1, tr=3, f=2)  # 3 snippets: chunk:2 leaves a chunk of one
+    reference = _train_step(copy.deepcopy(tsm_r18_double), clips)
+    encoder = copy.deepcopy(tsm_r18_double)
+    encoder.set_grad_checkpointing(policy)
+    _assert_same(_train_step(encoder, clips), reference)
+    for name, buffer in tsm_r18_double.named_buffers():  # running stats never moved
+        assert torch.equal(reference[2][name], buffer), name
+
+
+def test_block_checkpointing_updates_unfrozen_bn_once():
+    torch.manual_seed(0)
+    base = build_encoder("tsm_r18", freeze_bn=False, dtype=torch.float64)
+    clips = _clips(b=2, tr=2, f=2)
+    reference = _train_step(copy.deepcopy(base), clips)
+    encoder = copy.deepcopy(base)
+    encoder.set_grad_checkpointing("block")
+    run = _train_step(encoder, clips)
+    _assert_same(run, reference)
+    assert run[2]["layer3.0.bn1.num_batches_tracked"].item() == 1
+    assert not torch.equal(run[2]["layer3.0.bn1.running_mean"], base.layer3[0].bn1.running_mean)
+
+
+def test_chunk_with_unfrozen_bn_updates_once_per_chunk():
+    torch.manual_seed(0)
+    encoder = build_encoder("tsm_r18", freeze_bn=False)
+    encoder.set_grad_checkpointing("chunk:2")
+    out, _, buffers = _train_step(encoder, _clips(b=1, tr=3))  # chunks of 2 and 1 snippets
+    assert out.shape == (1, 512, 3)
+    assert buffers["bn1.num_batches_tracked"].item() == 2  # ghost batches, not doubled by recompute
+
+
+def test_chunking_without_autograd_matches():
+    encoder = build_encoder("tsm_r18").eval()
+    clips = _clips(b=2, tr=3)
+    with torch.no_grad():
+        plain = encoder(clips)
+        encoder.set_grad_checkpointing("chunk:2")
+        chunked = encoder(clips)
+    assert torch.allclose(plain, chunked, atol=1e-5)
+
+
+def test_r2plus1d_checkpointing_is_equivalent():
+    torch.manual_seed(0)
+    base = build_encoder("r2plus1d_18", dtype=torch.float64)
+    clips = _clips(b=1, tr=2, f=2)
+    reference = _train_step(copy.deepcopy(base), clips)
+    assert reference[0].shape == (1, 512, 2)
+    for policy in ("block", "chunk:1"):
+        encoder = copy.deepcopy(base)
+        encoder.set_grad_checkpointing(policy)
+        _assert_same(_train_step(encoder, clips), reference)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_builds_on_meta_device(name):
+    encoder = build_encoder(name, device="meta", dtype=torch.bfloat16)
+    params = list(encoder.parameters())
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in params)
+    out = encoder(torch.empty(1, 2, 8, 3, 224, 224, dtype=torch.uint8, device="meta"))
+    assert out.shape == (1, encoder.out_channels, 2) and out.is_meta
+    encoder.set_grad_checkpointing("chunk:1")  # checkpointed backward on meta tensors too
+    encoder(torch.empty(1, 2, 2, 3, 64, 64, dtype=torch.uint8, device="meta")).sum().backward()
+    assert all(p.grad is not None and p.grad.is_meta and p.grad.shape == p.shape for p in params)
+
+
+@pytest.mark.parametrize("name, policy", [("tsm_r18", "none"), ("tsm_r18", "block"), ("tsm_r50", "chunk:2")])
+def test_traces_under_fake_tensor_mode(name, policy):
+    with FakeTensorMode():
+        encoder = build_encoder(name)
+        encoder.set_grad_checkpointing(policy)
+        out = encoder(torch.empty(2, 4, 8, 3, 112, 112, dtype=torch.uint8))
+        out.sum().backward()
+        assert out.shape == (2, encoder.out_channels, 4)
+        last = encoder.layer4[-1].conv2.weight
+        assert last.grad is not None and last.grad.shape == last.shape
+
+
+def test_checkpointing_benchmark_rows():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpointing.py"
+    spec = importlib.util.spec_from_file_location("checkpointing_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    size = bench.StepSize(batch=1, tr=2, frames=2, sr=32)
+    rows = bench.measure_policies("tsm_r18", size, ("none", "chunk:1"), repeats=1, warmup=0)
+    assert [row["policy"] for row in rows] == ["none", "chunk:1"]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["cpu_median_s"] > 0
+    assert bench.render_table(rows, threads=1).row_count == 2

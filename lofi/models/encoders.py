@@ -102,13 +102,15 @@ class VideoEncoder(nn.Module):
     # -- forward ------------------------------------------------------------------------
 
     def normalise(self, snippets: Tensor) -> Tensor:
-        """uint8 or [0, 1] float (..., 3, H, W) -> mean/std-normalised, parameter dtype."""
-        x = snippets.to(self.mean.dtype)
-        if not snippets.is_floating_point():
-            x = x / 255.0
-        return (x - self.mean) / self.std
+        """uint8 or [0, 1] float (..., 3, H, W) -> (x / range - mean) / std in the
+        parameter dtype, written as one fused x * scale + shift: a uint8 input is
+        promoted inside the kernel, so no full-size float copy of the clips is made."""
+        value_range = 1.0 if snippets.is_floating_point() else 255.0
+        x = snippets.to(self.mean.dtype) if snippets.is_floating_point() else snippets
+        return torch.addcmul(-self.mean / self.std, x, 1.0 / (value_range * self.std))
 
     def snippet_features(self, snippets: Tensor) -> Tensor:
+        """Normalised (N, F, 3, H, W) -> (N, C); implemented by each backbone."""
         raise NotImplementedError
 
     def _encode(self, snippets: Tensor) -> Tensor:

@@ -22,7 +22,17 @@ class GpuProfile:
     kind: str = "gpu"  # "gpu" or "cpu"
     price_source: str | None = None  # where (and when) hourly_usd comes from
     nvml_match: tuple[str, ...] = ()  # words of NVML device names that map to this profile
+    compute_capability: str | None = None  # e.g. "8.0"; None: inferred (bf16 => >= 8.0, else 7.x)
 
     @property
     def supports_bf16(self) -> bool:
         return self.bf16_tflops is not None
+
+    @property
+    def capability(self) -> tuple[int, int]:
+        """CUDA compute capability; without the field, (8, 0) for GPUs with bf16 (every
+        bf16 GPU is Ampere or later) and (7, 0) otherwise."""
+        if self.compute_capability:
+            major, _, minor = self.compute_capability.partition(".")
+            return int(major), int(minor or 0)
+        return (8, 0) if self.supports_bf16 else (7, 0)

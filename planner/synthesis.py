@@ -250,7 +250,10 @@ def expand_periods(trace: Trace) -> Trace:
             insert.setdefault(int(q), []).append(Events(np.full(repeats, FREE, np.int8), copies_free,
                                                          np.zeros(repeats, np.int64),
                                                          np.full(repeats, trace.categories[q], np.int8)))
-    scale = {f"period:forward:{tf}": repeats + 1, f"period:recompute:{tb}": repeats + 1}
+    # FLOPs scale with the work itself (a shorter last period counts its share), memory
+    # with whole periods.
+    share = 1 + trace.stub_units / trace.units_per_period
+    scale = {f"period:forward:{tf}": share, f"period:recompute:{tb}": share}
     flops = tuple((name, value * scale.get(name, 1)) for name, value in trace.flops)
     return _assemble(trace, retarget, keep, insert, flops)
 

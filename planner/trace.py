@@ -222,8 +222,17 @@ class Recorder(TorchDispatchMode):
     """Records allocations (outputs with a storage not seen before) and frees (storage
     finalizers). `mark(label)` starts a phase; FLOPs are summed per phase."""
 
-    def __init__(self, *, count_flops: bool = True, compress: bool = True, cache: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        count_flops: bool = True,
+        compress: bool = True,
+        cache: bool = True,
+        exclusive: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
+        self._exclusive = exclusive  # use counts of a tensor only autograd's buffer holds
+        self.probed: list[tuple[tuple[int, int], ...]] = []
         self._call = _META_CACHE if cache else (lambda func, args, kwargs: func(*args, **kwargs))
         self.compress = compress  # workloads may skip repeated periods (see `period`, `stub`)
         self.stub_units = 0
@@ -245,6 +254,10 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is _ADD and not kwargs and _in_backward():
+            out = self._accumulate(args)
+            if out is not None:
+                return out
         out = self._call(func, args, kwargs)
         if self.count_flops:
             formula = flop_registry.get(func._overloadpacket)
@@ -252,6 +265,24 @@ class Recorder(TorchDispatchMode):
                 self.flops[self._phase] += formula(*args, **kwargs, out_val=out)
         self._track(out)
         return out
+
+    def _accumulate(self, args: tuple) -> torch.Tensor | None:
+        """Autograd's InputBuffer sums two gradients of one tensor in place when it holds
+        the only reference to one of them (torch/csrc/autograd/input_buffer.cpp,
+        `accumulate`/`can_accumulate_inplace`), but never while a dispatch mode is active
+        (`at::isTensorSubclassLike` is then true for every tensor), so a trace would show
+        an extra allocation per accumulation. Redo the engine's choice here."""
+        a, b = args[0], args[1] if len(args) > 1 else None
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            return None
+        counts = tuple(_use_counts(t) for t in (a, b))
+        if self._exclusive is None:
+            self.probed.append(counts)
+            return None
+        for target, other, count in ((a, b, counts[0]), (b, a, counts[1])):
+            if count == self._exclusive and _dense(target):
+                return _ADD_INPLACE(target, other)
+        return None
 
     def _track(self, value) -> None:
         if isinstance(value, torch.Tensor):
@@ -354,6 +385,40 @@ class Recorder(TorchDispatchMode):
         )
 
 
+_ADD = torch.ops.aten.add.Tensor
+_ADD_INPLACE = torch.ops.aten.add_.Tensor
+
+
+def _in_backward() -> bool:
+    """Inside autograd's engine, outside any recomputation (grad mode off)."""
+    return torch._C._current_graph_task_id() != -1 and not torch.is_grad_enabled()
+
+
+def _use_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    return tensor._use_count(), torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    return bool(is_non_overlapping_and_dense_or_false(tensor))
+
+
+def exclusive_use_counts(device: torch.device) -> tuple[int, int] | None:
+    """The use counts a gradient has when only autograd's input buffer holds it, as a
+    recorder on `device` sees them: probe the textbook case, a leaf used twice, whose two
+    gradients the engine adds in place. None if the probe sees no such addition."""
+    leaf = torch.zeros(8, device=device, requires_grad=True)
+    probe = Recorder(count_flops=False, cache=False)
+    with probe:
+        loss = (leaf * 2).sum() + (leaf * 3).sum()
+        _backward(loss)
+    probe.close(batch_size=1, grad_bytes=(), carry=())
+    if len(probe.probed) == 1 and probe.probed[0][0] == probe.probed[0][1]:
+        return probe.probed[0][0]
+    return None
+
+
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("planner_recorder", default=None)
 
 
@@ -433,7 +498,7 @@ def run_step(
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
-    recorder = Recorder(compress=compress and steps == 1 and accumulation == 1)
+    recorder = Recorder(compress=compress and steps == 1 and accumulation == 1, exclusive=_exclusive(device))
     precision = step.traced_precision
     autocast = CudaAutocastEmulation(LOWER_DTYPES[precision]) if precision in LOWER_DTYPES else None
     batch = loss = None
@@ -473,6 +538,19 @@ def run_step(
         trace = recorder.close(batch_size=batch_size, grad_bytes=grad_bytes, carry=carry)
     del loss, batch, optimizer
     return trace
+
+
+_EXCLUSIVE: dict[str, tuple[int, int] | None] = {}
+
+
+def _exclusive(device: torch.device) -> tuple[int, int] | None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    key = f"{device.type}:{any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())}"
+    if key not in _EXCLUSIVE:
+        _EXCLUSIVE[key] = exclusive_use_counts(device)
+    return _EXCLUSIVE[key]
 
 
 def _backward(loss: torch.Tensor) -> None:

@@ -1,9 +1,11 @@
-"""The shared real data (../shared/data next to the repository) and predictions derived
-from the ActivityNet-1.3 ground truth by fixed arithmetic (no random generator, so they are
-the same on every machine and numpy version).
+"""The shared real data (../shared/data next to the repository; its README.md names the
+sources): where the files are, a skip when one is absent, and predictions derived from the
+ActivityNet-1.3 ground truth by fixed arithmetic (no random generator, so they are the same
+on every machine and numpy version).
 
 Tests skip only when the shared file is genuinely absent; CI runs with ../shared present.
-The fixture generator (fixtures/evaluation/make_expected.py) uses the same recipes.
+The fixture generator (fixtures/evaluation/make_expected.py) uses the same recipes, so
+this module does not import pytest until a test asks for a skip.
 """
 
 from __future__ import annotations
@@ -13,17 +15,32 @@ from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+REPO_ROOT = REPO  # the name the data tests used
 SHARED_DATA = REPO.parent / "shared" / "data"
 ACTIVITYNET_GT = SHARED_DATA / "activitynet" / "activitynet13_gt.json"
+SHARED_VIDEOS = SHARED_DATA / "videos"
+
+# file name -> (frames, fps, width, height, has audio), from shared/data/README.md
+REAL_VIDEOS: dict[str, tuple[int, float, int, int, bool]] = {
+    "mmaction2_test.mp4": (300, 30.0, 340, 256, False),
+    "mmaction2_test.avi": (164, 25.0, 320, 240, True),
+    "mmaction2_rawvideo_dataset_part_0.mp4": (32, 30.0, 340, 256, False),
+    "bbformer_tennis26.mp4": (339, 30.09, 320, 180, True),
+}
+
+
+def require(path: Path) -> Path:
+    """`path`, or skip the calling test when that shared file is absent."""
+    if not path.exists():
+        import pytest
+
+        pytest.skip(f"shared data not found: {path}")
+    return path
 
 
 def require_activitynet_gt() -> Path:
     """The shared ground truth, or skip the calling test if the file is absent."""
-    if not ACTIVITYNET_GT.is_file():
-        import pytest
-
-        pytest.skip(f"shared ground truth {ACTIVITYNET_GT} is absent")
-    return ACTIVITYNET_GT
+    return require(ACTIVITYNET_GT)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ import pytest
 
 from lofi.data.annotations import check_video_id, load_annotations
 from lofi.errors import InputFileError, OptionError
-from shared_data_paths import ACTIVITYNET_GT, require
+from shared_data import ACTIVITYNET_GT, require
 
 
 def _write(tmp_path, database, name="gt.json"):

@@ -14,7 +14,7 @@ from lofi.data.media import MediaSource, check_media, find_media, write_listing
 from lofi.errors import InputFileError
 from media_factory import (copy_to, garbage_file, write_frame_folder, write_indexed_video,
                            write_webm_video)
-from shared_data_paths import SHARED_VIDEOS, require
+from shared_data import SHARED_VIDEOS, require
 
 
 @pytest.fixture(scope="module")

@@ -119,3 +119,19 @@ def test_clip_frames_follow_the_record_duration(setup):
     index = clip_indices(dataset[0].clip)  # 90 frames over 3.0 s, centres 22.5 and 67.5
     assert index[:, 0].tolist() == [0, 33]  # both windows shifted inside [0, 90)
     assert (np.diff(index, axis=1) == 8).all()
+
+
+def test_stride_applies_to_every_item(setup):
+    records, media = setup
+    dataset = VideoDataset(records, media, Fidelity(2, 32), CLASSES, stride=2)
+    assert dataset.stride == 2
+    a = clip_indices(dataset[0].clip)  # 90 frames: centres 22.5 and 67.5, window 16 frames
+    assert a.tolist() == [list(range(15, 31, 2)), list(range(60, 76, 2))]
+    # "b" has 60 frames: long at stride 2 here, short (uniform) at the default stride 8
+    b = clip_indices(dataset[(1, Fidelity(1, 32))].clip)
+    assert b.tolist() == [list(range(23, 39, 2))]
+    uniform = clip_indices(VideoDataset(records, media, Fidelity(1, 32), CLASSES)[1].clip)
+    assert uniform.tolist() == [[4, 11, 19, 26, 34, 41, 49, 56]]  # at (k + 0.5) / 4 s
+    for bad in (0, -1, 1.5):
+        with pytest.raises(OptionError, match=f"stride .* got {bad!r}$"):
+            VideoDataset(records, media, LOW, CLASSES, stride=bad)

@@ -11,7 +11,7 @@ from lofi.data.media import MediaSource, find_media
 from lofi.data.sampling import nearest_frames, snippet_times
 from lofi.data.transforms import Augment
 from lofi.data.video import read_clip
-from lofi.errors import VideoDecodeError
+from lofi.errors import OptionError, VideoDecodeError
 from media_factory import clip_indices, write_frame_folder, write_indexed_video
 from planner.fidelity import Fidelity
 
@@ -33,6 +33,21 @@ def test_frame_rate_prefers_the_annotation_fps_then_the_duration():
     assert frame_rate(120, duration=4.0, fps=25.0) == 25.0
     assert frame_rate(120, duration=4.0, fps=None) == 30.0
     assert frame_rate(120, duration=None, fps=None) == 30.0  # the default
+
+
+def test_stride_is_passed_through_for_frame_folders(folder):
+    # 120 frames over 4 s: long at stride 2 (window 16), and at stride 8 (window 64)
+    fidelity = Fidelity(3, 32)
+    index = clip_indices(read_clip(MediaSource("vid1", folder, "frames"), fidelity,
+                                   duration=4.0, fps=30.0, stride=2))
+    assert index[:, 0].tolist() == [13, 53, 93]  # floor(20 + 40 i - 7)
+    assert (np.diff(index, axis=1) == 2).all()
+    # 40 frames at 10 fps: long at stride 2 (>= 16), short at stride 8 (< 64)
+    short = clip_indices(read_frames_clip(folder, Fidelity(2, 32), duration=4.0, fps=10.0))
+    expected = nearest_frames(snippet_times(4.0, 10.0, 2, 8, 8), np.arange(120) / 10.0)
+    assert (short == expected).all() and short.max() == 39
+    with pytest.raises(OptionError, match="stride .* got 0$"):
+        read_frames_clip(folder, fidelity, stride=0)
 
 
 def test_clip_takes_exactly_the_sampled_frames(folder):

@@ -5,22 +5,25 @@ test reads back exactly which source frame filled each slot of the clip."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lofi.data.sampling import (Run, TimestampGuesser, decoded_fraction, frame_count, is_short,
-                                nearest_frames, plan_runs, snippet_times)
+from lofi.data.sampling import (Run, TimestampGuesser, check_stride, decoded_fraction, frame_count,
+                                is_short, nearest_frames, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, plan_crop, resized_size
-from lofi.data.video import decode_plan, probe_video, read_video_clip
-from lofi.errors import VideoDecodeError
+from lofi.data.media import MediaSource
+from lofi.data.video import decode_plan, probe_video, read_clip, read_video_clip
+from lofi.errors import OptionError, VideoDecodeError
 from media_factory import (clip_indices, garbage_file, truncated_copy, write_audio_only,
                            write_faststart_video, write_indexed_video, write_vfr_video,
                            write_webm_video)
 from planner.fidelity import Fidelity
-from shared_data_paths import REAL_VIDEOS, SHARED_VIDEOS, require
+from shared_data import REAL_VIDEOS, SHARED_VIDEOS, require
 
 # ---------------------------------------------------------------- sampling (pure)
 
@@ -55,11 +58,22 @@ def test_short_video_is_sampled_uniformly_over_its_duration():
     assert len(np.unique(frames)) == 30  # every frame used, some twice
 
 
+def test_stride_sets_the_window_and_the_short_video_rule():
+    # 60 frames (2 s at 30 fps): one window is 16 frames at stride 2 (long), 64 at 8 (short)
+    assert not is_short(2.0, 30.0, 8, stride=2) and is_short(2.0, 30.0, 8, stride=8)
+    index = np.rint(snippet_times(2.0, 30.0, tr=2, frames_per_snippet=8, stride=2) * 30).astype(int)
+    # centres 15 and 45; first sample floor(centre - 7 * 2 / 2)
+    assert index.tolist() == [list(range(8, 24, 2)), list(range(38, 54, 2))]
+    uniform = snippet_times(2.0, 30.0, tr=2, frames_per_snippet=8, stride=8)
+    assert np.allclose(np.diff(uniform.reshape(-1)), 2.0 / 16)
+    assert check_stride(np.int64(3)) == 3 and type(check_stride(np.int64(3))) is int
+
+
 @settings(max_examples=60, deadline=None)
 @given(duration=st.floats(0.05, 4000), fps=st.floats(5, 120), tr=st.integers(1, 128),
-       f=st.integers(1, 16))
-def test_snippet_times_stay_inside_the_video(duration, fps, tr, f):
-    times = snippet_times(duration, fps, tr, f)
+       f=st.integers(1, 16), stride=st.integers(1, 16))
+def test_snippet_times_stay_inside_the_video(duration, fps, tr, f, stride):
+    times = snippet_times(duration, fps, tr, f, stride)
     assert times.shape == (tr, f)
     assert (times >= 0).all() and (times < duration + 1e-9).all()
     assert (np.diff(times, axis=1) > 0).all()  # frames of a snippet in time order
@@ -125,8 +139,9 @@ def test_crop_plans():
 # ---------------------------------------------------------------- decoding
 
 
-def _expected(duration, fps, fidelity):
-    return np.rint(snippet_times(duration, fps, fidelity.tr, fidelity.frames_per_snippet) * fps).astype(int)
+def _expected(duration, fps, fidelity, stride=8):
+    times = snippet_times(duration, fps, fidelity.tr, fidelity.frames_per_snippet, stride)
+    return np.rint(times * fps).astype(int)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +166,46 @@ def test_sparse_sampling_seeks_and_dense_does_not(long_video):
     assert [run.seek for run in runs] == pytest.approx([40 / 30, 190 / 30])
     dense_runs = decode_plan(long_video, dense)
     assert len(dense_runs) == 1 and dense_runs[0].seek is None
+
+
+def test_stride_2_reads_frames_2_apart_and_the_plan_follows_the_stride(long_video):
+    fidelity = Fidelity(4, 32)
+    index = clip_indices(read_video_clip(long_video, fidelity, stride=2))
+    assert (np.diff(index, axis=1) == 2).all()
+    assert index[:, 0].tolist() == [30, 105, 180, 255]  # floor(37.5 + 75 i - 7)
+    assert (index == _expected(10.0, 30, fidelity, stride=2)).all()
+    # two snippets, one frame apart (stride 1): windows start at 71 and 221, so the
+    # plan seeks to the keyframes at 70 and 220, not 40 and 190 as at stride 8
+    runs = decode_plan(long_video, Fidelity(2, 32), stride=1)
+    assert [run.seek for run in runs] == pytest.approx([70 / 30, 220 / 30])
+
+
+def test_video_long_at_stride_2_but_short_at_stride_8(tmp_path):
+    path = write_indexed_video(tmp_path / "two_seconds.mp4", 60, 30)  # 60 frames, 2 s
+    fidelity = Fidelity(2, 32)
+    long_read = clip_indices(read_clip(MediaSource("v", path, "video"), fidelity, duration=2.0,
+                                       stride=2))
+    assert long_read.tolist() == [list(range(8, 24, 2)), list(range(38, 54, 2))]
+    short_read = clip_indices(read_video_clip(path, fidelity, duration=2.0))  # stride 8
+    expected = nearest_frames(snippet_times(2.0, 30, 2, 8, 8), np.arange(60) / 30)
+    assert (short_read == expected).all()
+    # 16 instants 0.125 s (3.75 frames) apart over the whole 2 s, not 8-frame windows
+    flat = short_read.reshape(-1)
+    assert flat[0] == 2 and flat[-1] == 58 and set(np.diff(flat).tolist()) == {3, 4}
+
+
+@pytest.mark.parametrize("stride", [0, -3, 2.5, True, "2"])
+def test_a_bad_stride_is_an_option_error_naming_it(long_video, stride):
+    fidelity = Fidelity(2, 32)
+    calls = [
+        lambda: read_video_clip(long_video, fidelity, stride=stride),
+        lambda: read_clip(MediaSource("v", long_video, "video"), fidelity, duration=None,
+                          stride=stride),
+        lambda: decode_plan(long_video, fidelity, stride=stride),
+    ]
+    for call in calls:
+        with pytest.raises(OptionError, match=f"stride .* got {re.escape(repr(stride))}$"):
+            call()
 
 
 def test_annotation_duration_longer_than_the_video_repeats_the_last_frame(long_video):

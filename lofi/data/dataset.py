@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from lofi.data.annotations import VideoRecord
 from lofi.data.media import MediaSource
+from lofi.data.sampling import STRIDE, check_stride
 from lofi.data.transforms import Augment
 from lofi.data.video import read_clip
 from lofi.errors import OptionError, VideoDecodeError
@@ -57,7 +58,9 @@ class VideoDataset(Dataset):
     and listed in `missing`; find them with `check_media` first).
 
     augment: True for the default training augmentation (random scale/crop/flip), an
-    `Augment` for a custom one, False for centre crops. Randomness is drawn from
+    `Augment` for a custom one, False for centre crops. stride: source frames between
+    the frames of a snippet, for every item (sampling.STRIDE, the paper's 8; a smaller
+    one for low-rate videos). Randomness is drawn from
     numpy's generator seeded with (seed, epoch, index): the same item in the same
     epoch gives the same clip in any worker; call `set_epoch` to vary it."""
 
@@ -71,7 +74,9 @@ class VideoDataset(Dataset):
         augment: bool | Augment = False,
         seed: int = 0,
         decoder_threads: int = 0,
+        stride: int = STRIDE,
     ) -> None:
+        self.stride = check_stride(stride)
         index = {name: number for number, name in enumerate(class_names)}
         self.records = tuple(record for record in records if record.video_id in media)
         self.missing = tuple(record.video_id for record in records if record.video_id not in media)
@@ -103,7 +108,7 @@ class VideoDataset(Dataset):
         try:
             clip = read_clip(self.media[record.video_id], fidelity, duration=record.duration,
                              augment=self.augment, rng=rng, fps=record.fps,
-                             threads=self.decoder_threads)
+                             threads=self.decoder_threads, stride=self.stride)
         except (VideoDecodeError, OSError) as error:
             self.skipped += 1
             return SkippedSample(record.video_id, str(error), fidelity)

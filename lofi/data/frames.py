@@ -19,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as tvf
 
 from lofi.data.media import MediaInfo
-from lofi.data.sampling import DEFAULT_FPS, nearest_frames, snippet_times
+from lofi.data.sampling import DEFAULT_FPS, STRIDE, check_stride, nearest_frames, snippet_times
 from lofi.data.transforms import Augment, CropPlan, plan_crop
 from lofi.errors import VideoDecodeError
 from planner.fidelity import Fidelity
@@ -65,12 +65,15 @@ def read_frames_clip(
     fps: float | None = None,
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
+    stride: int = STRIDE,
 ) -> torch.Tensor:
-    """(TR, F, 3, SR, SR) uint8 clip from a frame folder; each JPEG is decoded once."""
+    """(TR, F, 3, SR, SR) uint8 clip from a frame folder; each JPEG is decoded once.
+    stride: frames between the frames of a snippet (OptionError when < 1)."""
+    stride = check_stride(stride)
     files = list_frames(folder)
     rate = frame_rate(len(files), duration=duration, fps=fps)
     span = duration if duration is not None and duration > 0 else len(files) / rate
-    targets = snippet_times(span, rate, fidelity.tr, fidelity.frames_per_snippet)  # (TR, F)
+    targets = snippet_times(span, rate, fidelity.tr, fidelity.frames_per_snippet, stride)  # (TR, F)
     chosen = nearest_frames(targets, np.arange(len(files)) / rate)  # (TR, F) frame indices
     unique, inverse = np.unique(chosen, return_inverse=True)
 

@@ -2,7 +2,9 @@
 no I/O: everything is in seconds so that variable-frame-rate videos work the same.
 
 Snippets (LoFi, NeurIPS 2021, Sec. 3 / PAPER.md "Input"): a video becomes TR snippets;
-a snippet is 64 consecutive frames subsampled at stride 8, i.e. F = 8 frames. Snippet
+a snippet is 64 consecutive frames subsampled at stride 8, i.e. F = 8 frames. The stride
+is an option (`STRIDE` is the paper's 8): a low-rate video (e.g. the 8 fps synthetic
+set) takes a smaller one so that a snippet spans about a second, not 8 s. Snippet
 centres are spread uniformly over the duration (the TAL convention of rescaling every
 video to TR snippets, G-TAD/BMN). Windows near the ends are shifted inside the video,
 not cut. A video with fewer frames than one window (stride x F) is sampled uniformly:
@@ -22,9 +24,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lofi.errors import OptionError
+
 STRIDE = 8  # source frames between the sampled frames of a snippet (64 frames -> 8)
 DEFAULT_FPS = 30.0  # used only when neither the media nor the annotation gives a rate
 MIN_SKIP_FRAMES = 12  # a seek must skip at least this many frames to pay for itself
+
+
+def check_stride(stride: int) -> int:
+    """`stride` when it is a whole number >= 1; else OptionError naming the value."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise OptionError(f"snippet stride must be a whole number of frames >= 1, got {stride!r}")
+    return int(stride)
 
 
 def frame_count(duration: float, fps: float) -> int:

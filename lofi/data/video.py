@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from lofi.data.media import MediaInfo, MediaSource
-from lofi.data.sampling import (DEFAULT_FPS, MIN_SKIP_FRAMES, Run, TimestampGuesser, near_any,
-                                plan_runs, snippet_times)
+from lofi.data.sampling import (DEFAULT_FPS, MIN_SKIP_FRAMES, STRIDE, Run, TimestampGuesser,
+                                check_stride, near_any, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, CropPlan, crop_plane, plan_crop
 from lofi.errors import VideoDecodeError
 from planner.fidelity import Fidelity
@@ -52,6 +52,7 @@ def read_clip(
     rng: np.random.Generator | None = None,
     fps: float | None = None,
     threads: int = 0,
+    stride: int = STRIDE,
 ) -> torch.Tensor:
     """(TR, F, 3, SR, SR) uint8 clip of a video file or frame folder.
 
@@ -60,14 +61,17 @@ def read_clip(
     augment/rng: random scale, crop and flip (one draw per clip); None: centre crop.
     fps: frame rate of a frame folder (videos carry their own). threads: decoder threads
       (0: FFmpeg decides); use 1-2 inside many DataLoader workers.
-    Raises VideoDecodeError naming the file for corrupt or unreadable media."""
+    stride: source frames between the frames of a snippet (sampling.STRIDE, the paper's 8).
+    Raises OptionError for a stride < 1, VideoDecodeError naming the file for corrupt or
+    unreadable media."""
+    stride = check_stride(stride)
     if source.kind == "frames":
         from lofi.data.frames import read_frames_clip
 
         return read_frames_clip(source.path, fidelity, duration=duration, fps=fps,
-                                augment=augment, rng=rng)
+                                augment=augment, rng=rng, stride=stride)
     return read_video_clip(source.path, fidelity, duration=duration, augment=augment, rng=rng,
-                           threads=threads)
+                           threads=threads, stride=stride)
 
 
 def read_video_clip(
@@ -78,14 +82,15 @@ def read_video_clip(
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
     threads: int = 0,
+    stride: int = STRIDE,
 ) -> torch.Tensor:
     """See `read_clip`; `path` is a video file."""
-    path = Path(path)
+    path, stride = Path(path), check_stride(stride)
     tr, f, sr = fidelity.tr, fidelity.frames_per_snippet, fidelity.sr
     with _open(path) as container:
         stream = _video_stream(container, path, threads)
         timing = _timing(container, stream)
-        targets = _targets(container, stream, timing, duration, fidelity, path)  # (TR, F)
+        targets = _targets(container, stream, timing, duration, fidelity, stride, path)  # (TR, F)
         unique, inverse = np.unique(targets, return_inverse=True)  # (U,), (TR, F)
         writer = _ClipWriter(inverse.reshape(-1), sr, augment, rng)
         runs = _plan(container, stream, timing, unique, path)
@@ -96,14 +101,16 @@ def read_video_clip(
     return torch.from_numpy(writer.out.reshape(tr, f, 3, sr, sr))
 
 
-def decode_plan(path: str | Path, fidelity: Fidelity, *, duration: float | None = None) -> list[Run]:
+def decode_plan(
+    path: str | Path, fidelity: Fidelity, *, duration: float | None = None, stride: int = STRIDE,
+) -> list[Run]:
     """The runs `read_video_clip` would decode: one run without a seek means dense,
     sequential decoding; several mean seeks to keyframes (sparse)."""
-    path = Path(path)
+    path, stride = Path(path), check_stride(stride)
     with _open(path) as container:
         stream = _video_stream(container, path, threads=1)
         timing = _timing(container, stream)
-        targets = _targets(container, stream, timing, duration, fidelity, path)
+        targets = _targets(container, stream, timing, duration, fidelity, stride, path)
         return _plan(container, stream, timing, np.unique(targets), path)
 
 
@@ -151,7 +158,7 @@ def _plane(frame: av.VideoFrame, index: int, width: int, height: int) -> np.ndar
 
 def _targets(
     container: av.container.InputContainer, stream: av.VideoStream, timing: _Timing,
-    duration: float | None, fidelity: Fidelity, path: Path,
+    duration: float | None, fidelity: Fidelity, stride: int, path: Path,
 ) -> np.ndarray:
     """(TR, F) target times over `duration`, or over the media's own duration."""
     span = duration if duration is not None else timing.claimed
@@ -159,7 +166,7 @@ def _targets(
         span = _scan(container, stream, timing, path).end
     if not span > 0:
         raise VideoDecodeError(f"{path}: duration {span} is not positive")
-    return snippet_times(span, timing.fps, fidelity.tr, fidelity.frames_per_snippet)
+    return snippet_times(span, timing.fps, fidelity.tr, fidelity.frames_per_snippet, stride)
 
 
 def probe_video(path: str | Path, *, deep: bool = False) -> MediaInfo:

@@ -57,6 +57,7 @@ class DataConfig:
     train_subset: str = "training"
     eval_subset: str = "validation"
     full_fidelity: Fidelity = Fidelity(100, 224)  # feature extraction and head training
+    stride: int = 8  # source frames between a snippet's frames (paper: 64 frames -> 8)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Stage 3, head: the TAL head trained from scratch at full fidelity on the frozen
+encoder's features (PAPER.md; G-TAD's recipe: Adam lr 4e-3, weight decay 1e-4, 10
+epochs, batch 16, lr x0.1 after 5 epochs; BMN's for BMN). Runs on one process (the
+main rank): features are small, the head is fast."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lofi.data.annotations import VideoRecord
+from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from lofi.train.config import OptimConfig
+from lofi.train.lofi_stage import make_optimizer, make_scheduler, rng_state, set_rng_state
+from lofi.train.objective import batch_targets, per_video_loss, video_seed
+from lofi.train.progress import NullProgress, StageProgress
+from lofi.train.run_folder import MetricsLog
+from lofi.train.stopping import StopRequest
+
+
+@dataclass(frozen=True)
+class HeadOutcome:
+    completed: bool
+    epochs_done: int
+    steps: int
+    videos: int
+    last_loss: float | None
+    seconds: float
+
+
+def train_head(
+    head: nn.Module,
+    features: Mapping[str, torch.Tensor],
+    records: Sequence[VideoRecord],
+    recipe: OptimConfig,
+    *,
+    batch_size: int,
+    device: torch.device,
+    checkpoint_dir,
+    seed: int,
+    log: MetricsLog,
+    stop: StopRequest,
+    progress: StageProgress | None = None,
+    resume: bool = False,
+) -> HeadOutcome:
+    """Train `head` on (C, T) features of the `records` that have features."""
+    progress = progress or NullProgress()
+    usable = [r for r in records if r.video_id in features]
+    if not usable:
+        raise ValueError("no training video has features")
+    head.to(device).train()
+    optimizer = make_optimizer(head.parameters(), recipe)
+    scheduler = make_scheduler(optimizer, recipe)
+    epoch, step = 0, 0
+    if resume and has_checkpoint(checkpoint_dir):
+        state = load_checkpoint(checkpoint_dir, map_location=device).state
+        head.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        epoch, step = state["epoch"], state["step"]
+    batches = -(-len(usable) // batch_size)
+    progress.start("head", batches * recipe.epochs)
+    progress.advance(epoch * batches)
+    started = time.perf_counter()
+    last_loss = None
+    while epoch < recipe.epochs:
+        order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for first in range(0, len(usable), batch_size):
+            chosen = [usable[int(i)] for i in order[first : first + batch_size]]
+            x = torch.stack([features[r.video_id] for r in chosen]).to(device)  # (B, C, T)
+            output = head(x)
+            segments = [torch.tensor([[s.start, s.end] for s in r.segments], dtype=torch.float32).reshape(-1, 2)
+                        for r in chosen]
+            start_t, end_t, iou_t = batch_targets(segments, [r.duration for r in chosen], x.shape[2], device)
+            terms = per_video_loss(output, start_t, end_t, iou_t, [video_seed(seed, step, r.video_id) for r in chosen])
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            step += 1
+            last_loss = float(terms.total.detach())
+            progress.advance(1, loss=last_loss, lr=optimizer.param_groups[0]["lr"])
+        epoch += 1
+        scheduler.step()
+        save_checkpoint(checkpoint_dir, {
+            "stage": "head", "model": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
+        })
+        log.write(stage="head", event="epoch", epoch=epoch, step=step, loss=last_loss)
+        if stop.requested:
+            progress.stop()
+            return HeadOutcome(False, epoch, step, len(usable), last_loss, time.perf_counter() - started)
+    progress.stop()
+    return HeadOutcome(True, epoch, step, len(usable), last_loss, time.perf_counter() - started)

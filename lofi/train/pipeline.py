@@ -1,0 +1,282 @@
+"""The whole LoFi pipeline of one run: LoFi end to end -> full-fidelity features ->
+head -> inference and evaluation (PAPER.md), with the run folder, resume, OOM fallback
+and summary.json. The CLI (`lofi train`) only parses options and renders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from lofi.data.annotations import AnnotationSet, load_annotations
+from lofi.data.dataset import VideoDataset, collate_clips
+from lofi.data.media import check_media, write_listing
+from lofi.errors import CheckpointError, OptionError
+from lofi.io_atomic import atomic_write_json
+from lofi.models.encoders import build_encoder
+from lofi.models.heads import build_head
+from lofi.train.bn_init import estimate_batchnorm_statistics
+from lofi.train.checkpoint import load_checkpoint
+from lofi.train.config import TrainConfig, config_to_dict
+from lofi.train.distributed import DistContext, barrier
+from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
+from lofi.train.fallback import next_candidate
+from lofi.train.features_stage import extract_features, load_features, read_index
+from lofi.train.head_stage import train_head
+from lofi.train.lofi_stage import OutOfMemoryDuringStage, run_lofi_stage
+from lofi.train.model import build_lofi_model
+from lofi.train.progress import NullProgress, StageProgress
+from lofi.train.run_folder import MetricsLog, RunFolder
+from lofi.train.stopping import StopRequest
+from planner.candidate import Candidate
+from planner.plan_file import Plan, plan_to_dict, save_plan
+
+STAGES = ("lofi", "features", "head", "eval")
+BN_CLIPS = 16  # training clips used to estimate BatchNorm statistics of a random encoder
+
+
+@dataclass(frozen=True)
+class RunResult:
+    summary: dict[str, Any]
+    interrupted: bool
+
+
+@dataclass
+class _Summary:
+    """Collected while the stages run; written as summary.json at the end."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str, **values: Any) -> None:
+        self.document.setdefault("stages", {})[name] = values
+
+
+def run_pipeline(
+    config: TrainConfig,
+    plan: Plan,
+    run: RunFolder,
+    context: DistContext,
+    *,
+    stages: Sequence[str] = STAGES,
+    resume: bool = False,
+    stop: StopRequest | None = None,
+    progress: StageProgress | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> RunResult:
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise OptionError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    stop = stop or StopRequest()
+    progress = progress or NullProgress()
+    log = MetricsLog(run.metrics, enabled=context.is_main)
+    if context.is_main:
+        run.create()
+        atomic_write_json(run.config, config_to_dict(config))
+        save_plan(plan, run.plan)
+    barrier(context)
+    summary = _Summary({"run": str(run.root), "baseline": config.baseline, "stages": {}})
+    annotations = load_annotations(config.data.annotations)
+    media, report = _media(config, annotations, run, context)
+    summary.document["data"] = {
+        "videos": len(annotations.records), "found": len(media), "missing": len(report.missing),
+        "unreadable": len(report.unreadable), "clipped_segments": annotations.clipped,
+        "dropped_segments": annotations.dropped,
+    }
+    train_records = [r for r in annotations.records if r.subset == config.data.train_subset and r.video_id in media]
+    eval_records = [r for r in annotations.records if r.subset == config.data.eval_subset and r.video_id in media]
+    if not train_records:
+        raise OptionError(f"no '{config.data.train_subset}' video of {config.data.annotations} has readable media")
+    classes = annotations.classes
+    candidate = plan.chosen
+    interrupted = False
+
+    if "lofi" in stages and not config.baseline:
+        outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
+                                                 run, context, log, stop, progress, resume, on_step, summary)
+        interrupted = not outcome.completed
+    if not interrupted and "features" in stages:
+        _features(config, candidate, train_records + eval_records, media, classes, run, context, progress, summary)
+    if not interrupted and context.is_main and "head" in stages:
+        interrupted = not _head(config, train_records, run, log, stop, progress, resume, summary)
+    if not interrupted and context.is_main and "eval" in stages:
+        _evaluate(config, eval_records, classes, run, summary)
+    barrier(context)
+    document = summary.document
+    document["interrupted"] = interrupted
+    document["plan"] = {"hardware": plan.hardware.name, "chosen": plan_to_dict(plan)["chosen"],
+                        "estimated_total_bytes": plan.memory.total}
+    if context.is_main:
+        _merge_previous(run, document)
+        atomic_write_json(run.summary, document)
+    return RunResult(document, interrupted)
+
+
+def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext):
+    """Find and probe every annotated video once, up front; list what is missing."""
+    report = check_media(annotations.records, config.data.media_root, frames=config.data.frames)
+    if context.is_main and (report.missing or report.unreadable):
+        write_listing(report, run.root / "media_problems.txt")
+    return dict(report.found), report
+
+
+def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, context, log, stop,
+                        progress, resume, on_step, summary):
+    tried: list[Candidate] = []
+    fallbacks = []
+    while True:
+        model = _initial_model(config, candidate, records, media, classes, context)
+        dataset = _dataset(config, records, media, classes, candidate.fidelities[0], augment=True)
+        try:
+            outcome = run_lofi_stage(model, dataset, candidate, config, context,
+                                     checkpoint_dir=run.lofi_checkpoints, plan_document=plan_to_dict(plan),
+                                     log=log, stop=stop, progress=progress, resume=resume or bool(tried),
+                                     on_step=on_step)
+        except OutOfMemoryDuringStage as error:
+            tried.append(candidate)
+            entry = next_candidate(plan.candidates, candidate, tried)
+            del model
+            torch.cuda.empty_cache()
+            if entry is None:
+                raise OptionError(f"CUDA ran out of memory with {candidate} and the plan has no smaller "
+                                  f"candidate for this backbone and head ({error})") from None
+            fallbacks.append({"from": _describe(candidate), "to": _describe(entry.candidate), "error": str(error)})
+            log.write(stage="lofi", event="oom_fallback", **fallbacks[-1])
+            candidate = entry.candidate
+            continue
+        summary.stage("lofi", completed=outcome.completed, steps=outcome.steps, epochs=outcome.epochs_done,
+                      seconds=round(outcome.seconds, 2), skipped_videos=outcome.skipped_videos,
+                      last_loss=outcome.last_loss, candidate=_describe(candidate), fallbacks=fallbacks,
+                      peak_allocated_bytes=outcome.peak_allocated_bytes,
+                      peak_reserved_bytes=outcome.peak_reserved_bytes,
+                      planned_reserved_bytes=_planned(plan, candidate))
+        return outcome, candidate
+
+
+def _initial_model(config, candidate, records, media, classes, context):
+    """The model before training: encoder (pre-trained, or random with estimated BN
+    statistics), head at each TR of the candidate; the same seed gives the same start."""
+    torch.manual_seed(config.seed)
+    model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
+                             pretrained=config.pretrained, freeze_bn=config.freeze_bn,
+                             checkpointing=candidate.checkpointing, device=context.device)
+    if config.pretrained is None:
+        _init_batchnorm(model.encoder, config, records, media, classes, context)
+    return model
+
+
+def _baseline_encoder(config, records, media, classes, context):
+    torch.manual_seed(config.seed)
+    encoder = build_encoder(config.backbone, pretrained=config.pretrained, freeze_bn=config.freeze_bn,
+                            device=context.device)
+    if config.pretrained is None:
+        _init_batchnorm(encoder, config, records, media, classes, context)
+    return encoder
+
+
+def _init_batchnorm(encoder, config, records, media, classes, context) -> None:
+    dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
+    loader = DataLoader(Subset(dataset, range(min(BN_CLIPS, len(dataset)))), batch_size=1,
+                        collate_fn=collate_clips)
+    policy = encoder.grad_checkpointing
+    encoder.set_grad_checkpointing("none")
+    estimate_batchnorm_statistics(encoder, (batch.clips for batch in loader), context.device)
+    encoder.set_grad_checkpointing(policy)
+
+
+def _dataset(config, records, media, classes, fidelity, *, augment):
+    return VideoDataset(records, media, fidelity, classes, augment=augment, seed=config.seed,
+                        stride=config.data.stride)
+
+
+def _features(config, candidate, records, media, classes, run, context, progress, summary):
+    if config.baseline:
+        encoder = _baseline_encoder(config, [r for r in records if r.subset == config.data.train_subset],
+                                    media, classes, context)
+        tag = f"baseline:{config.backbone}:seed={config.seed}:pretrained={config.pretrained}"
+    else:
+        loaded = load_checkpoint(run.lofi_checkpoints, map_location=context.device)
+        model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
+                                 freeze_bn=config.freeze_bn, device=context.device)
+        model.load_state_dict(loaded.state["model"])
+        encoder = model.encoder
+        tag = f"lofi:{config.backbone}:step={loaded.state['step']}"
+    encoder.set_grad_checkpointing("none")
+    dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
+    precision = "fp32" if context.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    outcome = extract_features(encoder, dataset, run.features, context, batch_size=config.feature_batch,
+                               precision=precision, num_workers=config.num_workers, encoder_tag=tag,
+                               progress=progress)
+    summary.stage("features", extracted=outcome.extracted, reused=outcome.reused, skipped=outcome.skipped,
+                  seconds=round(outcome.seconds, 2), fidelity=config.data.full_fidelity.label(), encoder=tag)
+
+
+def _head(config, train_records, run, log, stop, progress, resume, summary) -> bool:
+    index = read_index(run.features)
+    features = load_features(run.features, [r.video_id for r in train_records])
+    if not features:
+        raise OptionError(f"no features for the training videos in {run.features}; run the features stage")
+    channels, temporal_dim = next(iter(features.values())).shape
+    torch.manual_seed(config.seed)
+    head = build_head(config.head, in_channels=channels, temporal_dim=temporal_dim)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    outcome = train_head(head, features, train_records, config.head_stage, batch_size=config.head_batch,
+                         device=device, checkpoint_dir=run.head_checkpoints, seed=config.seed, log=log,
+                         stop=stop, progress=progress, resume=resume)
+    summary.stage("head", completed=outcome.completed, epochs=outcome.epochs_done, steps=outcome.steps,
+                  videos=outcome.videos, last_loss=outcome.last_loss, seconds=round(outcome.seconds, 2),
+                  features_encoder=index["encoder"])
+    return outcome.completed
+
+
+def _evaluate(config, eval_records, classes, run, summary) -> None:
+    started = time.perf_counter()
+    features = load_features(run.features, [r.video_id for r in eval_records])
+    if not features:
+        raise OptionError(f"no features for the '{config.data.eval_subset}' videos in {run.features}")
+    channels, temporal_dim = next(iter(features.values())).shape
+    head = build_head(config.head, in_channels=channels, temporal_dim=temporal_dim)
+    try:
+        head.load_state_dict(load_checkpoint(run.head_checkpoints).state["model"])
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; run the head stage first") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    proposals = predict(head, config.head, features, eval_records, device=device, top_k=config.top_k_proposals)
+    scores = load_class_scores(config.data.classification, classes) if config.data.classification else None
+    outcome = write_and_evaluate(proposals, annotations=config.data.annotations, subset=config.data.eval_subset,
+                                 class_names=classes, class_scores=scores, top_k_classes=config.top_k_classes,
+                                 results_path=run.results, proposals_path=run.proposals)
+    summary.stage("eval", videos=outcome.videos, seconds=round(time.perf_counter() - started, 2))
+    summary.document["metrics"] = {"detection": outcome.detection, "proposals": outcome.proposals}
+
+
+def _planned(plan: Plan, candidate: Candidate) -> int | None:
+    for entry in plan.candidates:
+        if entry.candidate == candidate:
+            return entry.memory.reserved_peak
+    return None
+
+
+def _describe(candidate: Candidate) -> str:
+    from planner.choose import describe
+
+    return describe(candidate)
+
+
+def _merge_previous(run: RunFolder, document: dict[str, Any]) -> None:
+    """Keep what earlier invocations (other --stage runs) recorded for stages not rerun."""
+    import json
+
+    if not run.summary.exists():
+        return
+    try:
+        previous = json.loads(run.summary.read_text())
+    except (OSError, ValueError):
+        return
+    for name, values in previous.get("stages", {}).items():
+        document["stages"].setdefault(name, values)
+    if "metrics" not in document and "metrics" in previous:
+        document["metrics"] = previous["metrics"]

@@ -1,0 +1,154 @@
+"""Memory PyTorch's allocator does not see, and the throughput constants of the time
+estimate: each a value with its source, from profiles/overheads.json (later refined by
+measurements on a real GPU, the calibration issue).
+
+    context  CUDA context and lazily loaded kernels (per process)
+    workspace  cuBLAS workspaces (per handle) + cuDNN convolution workspace
+    ddp      DistributedDataParallel's gradient buckets (world size > 1)
+    nccl     NCCL communicator buffers (world size > 1)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+from planner.allocator import CachingAllocatorModel
+from planner.errors import ProfileError
+from planner.hardware import GpuProfile
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Overheads:
+    version: int
+    calibration: str | None  # the measured calibration these constants come from, if any
+    cuda_context_bytes: Constant
+    cublas_workspace_bytes: Constant
+    cublas_workspace_bytes_sm90: Constant
+    cublas_handles: Constant
+    cudnn_workspace_bytes: Constant
+    ddp_bucket_cap_bytes: Constant
+    ddp_first_bucket_bytes: Constant
+    ddp_gradient_as_bucket_view: Constant
+    nccl_buffer_bytes_per_connection: Constant
+    nccl_channels: Constant
+    nccl_connections_per_channel: Constant
+    nccl_fixed_bytes: Constant
+    efficiency_fp32: Constant
+    efficiency_tf32: Constant
+    efficiency_amp: Constant
+    efficiency_amp_ampere: Constant
+    efficiency_cpu: Constant
+
+    @property
+    def label(self) -> str:
+        """Which constants an estimate used (goes into MemoryEstimate.calibration)."""
+        base = f"overheads.json v{self.version}"
+        return f"{base}, calibrated: {self.calibration}" if self.calibration else f"{base}, uncalibrated"
+
+
+_CONSTANTS = tuple(f.name for f in fields(Overheads) if f.name not in ("version", "calibration"))
+
+
+def default_path() -> Path:
+    from planner.profiles import profiles_dir
+
+    return profiles_dir() / "overheads.json"
+
+
+def load_overheads(path: Path | None = None) -> Overheads:
+    """Read and validate overheads.json (unknown or missing keys are errors)."""
+    return _load(str(path if path is not None else default_path()))
+
+
+@lru_cache(maxsize=8)
+def _load(path: str) -> Overheads:
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ProfileError(f"cannot read {path}: {error.strerror or error}") from error
+    except json.JSONDecodeError as error:
+        raise ProfileError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
+    if not isinstance(document, dict):
+        raise ProfileError(f"{path}: expected a JSON object")
+    known = {"version", "calibration", *_CONSTANTS}
+    unknown, missing = sorted(set(document) - known), sorted(known - set(document))
+    if unknown:
+        raise ProfileError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if missing:
+        raise ProfileError(f"{path}: missing key(s) {', '.join(missing)}")
+    constants = {}
+    for name in _CONSTANTS:
+        entry = document[name]
+        if not isinstance(entry, dict) or set(entry) != {"value", "source"}:
+            raise ProfileError(f"{path}: {name} must be an object with exactly 'value' and 'source'")
+        value, source = entry["value"], entry["source"]
+        if not isinstance(value, (int, float)) or (not isinstance(value, bool) and value < 0):
+            raise ProfileError(f"{path}: {name}.value must be a number >= 0 (or a boolean), got {value!r}")
+        if not isinstance(source, str) or not source.strip():
+            raise ProfileError(f"{path}: {name}.source must name where the value comes from")
+        constants[name] = Constant(value, source)
+    calibration = document["calibration"]
+    if calibration is not None and not isinstance(calibration, str):
+        raise ProfileError(f"{path}: calibration must be null or a string, got {calibration!r}")
+    if not isinstance(document["version"], int):
+        raise ProfileError(f"{path}: version must be an integer")
+    return Overheads(version=document["version"], calibration=calibration, **constants)
+
+
+def context_bytes(profile: GpuProfile, overheads: Overheads) -> int:
+    if profile.cuda_context_bytes is not None:
+        return profile.cuda_context_bytes
+    return 0 if profile.kind == "cpu" else int(overheads.cuda_context_bytes.value)
+
+
+def workspace_bytes(profile: GpuProfile, overheads: Overheads) -> int:
+    """cuBLAS workspaces (one per handle: forward thread and autograd's device thread;
+    32 MiB each from sm90 on) plus one cuDNN convolution workspace."""
+    if profile.workspace_bytes is not None:
+        return profile.workspace_bytes
+    if profile.kind == "cpu":
+        return 0
+    per_handle = overheads.cublas_workspace_bytes_sm90 if profile.capability >= (9, 0) else overheads.cublas_workspace_bytes
+    return int(per_handle.value * overheads.cublas_handles.value + overheads.cudnn_workspace_bytes.value)
+
+
+def ddp_bytes(grad_bytes: tuple[int, ...], world_size: int, overheads: Overheads) -> int | None:
+    """DDP's flat gradient buckets: parameters in reverse order, a bucket closes once it
+    holds >= its cap (1 MiB for the first, 25 MiB after); each bucket is one tensor from
+    the caching allocator (reserved bytes, as the allocator model rounds them). None on
+    one process; 0 with gradient_as_bucket_view (gradients live in the buckets)."""
+    if world_size <= 1:
+        return None
+    if overheads.ddp_gradient_as_bucket_view.value:
+        return 0
+    caps = [int(overheads.ddp_first_bucket_bytes.value), int(overheads.ddp_bucket_cap_bytes.value)]
+    buckets, current = [], 0
+    for nbytes in reversed(grad_bytes):
+        current += nbytes
+        if current >= caps[min(len(buckets), 1)]:
+            buckets.append(current)
+            current = 0
+    if current:
+        buckets.append(current)
+    allocator = CachingAllocatorModel()
+    for nbytes in buckets:
+        allocator.malloc(nbytes)
+    return allocator.reserved
+
+
+def nccl_bytes(world_size: int, overheads: Overheads) -> int | None:
+    """One communicator (DDP's process group): channels x connections x the three
+    protocols' buffers, plus fixed state. None on one process."""
+    if world_size <= 1:
+        return None
+    buffers = overheads.nccl_channels.value * overheads.nccl_connections_per_channel.value
+    return int(buffers * overheads.nccl_buffer_bytes_per_connection.value + overheads.nccl_fixed_bytes.value)

@@ -1,7 +1,7 @@
 """Training-step time of each gradient-checkpointing policy of a video encoder, against
 `none`, in one run.
 
-    python benchmarks/checkpointing.py                 # tsm_r18, B=1 TR=4 F=8 SR=112
+    python benchmarks/checkpointing.py                 # tsm_r18, B=1 TR=8 F=8 SR=112
     python benchmarks/checkpointing.py --threads 1 --policies none,block,chunk:2 --repeats 7
 
 A step is forward + sum loss + backward on random uint8 clips, BatchNorm frozen (the
@@ -38,7 +38,7 @@ class StepSize:
     """One training step's input: (batch, TR, F, 3, SR, SR) uint8 clips."""
 
     batch: int = 1
-    tr: int = 4
+    tr: int = 8
     frames: int = 8
     sr: int = 112
 
@@ -138,10 +138,10 @@ def render_table(rows: list[dict], *, threads: int) -> Table:
 @click.command()
 @click.option("--backbone", type=click.Choice(list(ENCODERS)), default="tsm_r18", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--tr", type=click.IntRange(min=1), default=4, show_default=True, help="snippets per video")
+@click.option("--tr", type=click.IntRange(min=1), default=8, show_default=True, help="snippets per video")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="frames per snippet")
 @click.option("--sr", type=click.IntRange(min=32), default=112, show_default=True, help="frame side in pixels")
-@click.option("--policies", default="none,block,chunk:1,chunk:2", show_default=True)
+@click.option("--policies", default="none,block,chunk:2,chunk:4", show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads")

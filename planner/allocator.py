@@ -20,12 +20,14 @@ The rules, from c10/cuda/CUDACachingAllocator.cpp (PyTorch 2.x, `DeviceCachingAl
   it is >= 512 bytes (small pool) or > 1 MiB (large pool); otherwise the whole block is
   handed out and counted as allocated (that is why allocated >= the sum of requests).
 * `free_block`: a freed block merges with free neighbours of the same segment.
-* Segments are never returned to the driver (no `empty_cache`, no OOM retry), so the
-  reserved peak is the reserved memory at the end.
+* Segments are returned to the driver only when a cudaMalloc would exceed the device:
+  with `capacity` set, a new segment that does not fit first releases every cached
+  segment that is entirely free (`release_cached_blocks`), then is retried; if it still
+  does not fit, the replay records an out-of-memory and goes on as if it had fit.
 
 Not modelled: several streams (`record_stream`), `max_split_size_mb`,
-`expandable_segments`, garbage collection thresholds, OOM-time release of cached blocks
-(the model assumes the memory is there: a conservative answer near the limit).
+`expandable_segments`, garbage collection thresholds, the intermediate retry that frees
+only as many cached blocks as needed (`release_available_cached_blocks`).
 
 `replay(..., kind="plain")` is the host (CPU) allocator: every tensor is its own exact
 allocation, nothing is cached, reserved == allocated.
@@ -72,6 +74,8 @@ class ReplayResult:
     peak_by_category: tuple[int, ...]  # allocated block bytes per category at allocated_peak
     peak_event: int  # index of the event at which allocated_peak was first reached (-1: none)
     segments: int  # segments created (cudaMalloc calls)
+    oom: bool = False  # some segment did not fit `capacity` even after releasing the cache
+    released: int = 0  # bytes of cached segments released to make room
 
 
 class _Block:
@@ -89,27 +93,35 @@ class _Block:
 class CachingAllocatorModel:
     """The allocator's state: free blocks per pool, sorted by (size, address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self._keys: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])  # large, small
         self._free: dict[int, _Block] = {}  # address -> free block
         self._top = 0  # next segment address
+        self.capacity = capacity
         self.allocated = 0
         self.reserved = 0
+        self.reserved_peak = 0
         self.segments = 0
+        self.oom = False
+        self.released = 0
 
     def malloc(self, nbytes: int) -> _Block:
-        size = round_size(nbytes)
+        size = MIN_BLOCK if nbytes < MIN_BLOCK else MIN_BLOCK * ((nbytes + MIN_BLOCK - 1) // MIN_BLOCK)
         small = size <= SMALL_SIZE
         keys = self._keys[small]
         i = bisect_left(keys, (size, -1))
         if i < len(keys):
-            _, addr = keys.pop(i)
-            block = self._free.pop(addr)
+            block = self._free.pop(keys.pop(i)[1])
         else:
             seg = segment_size(size)
+            if self.capacity is not None and self.reserved + seg > self.capacity:
+                self._release_cached()
+                self.oom = self.oom or self.reserved + seg > self.capacity
             block = _Block(self._top, seg, small)
             self._top += seg
             self.reserved += seg
+            if self.reserved > self.reserved_peak:
+                self.reserved_peak = self.reserved
             self.segments += 1
         remaining = block.size - size
         if remaining >= MIN_BLOCK if small else remaining > SMALL_SIZE:
@@ -119,7 +131,8 @@ class CachingAllocatorModel:
                 block.next.prev = rest
             block.next = rest
             block.size = size
-            self._insert(rest)
+            insort(keys, (remaining, rest.addr))
+            self._free[rest.addr] = rest
         block.free = False
         self.allocated += block.size
         return block
@@ -141,7 +154,16 @@ class CachingAllocatorModel:
             block.next = nxt.next
             if nxt.next is not None:
                 nxt.next.prev = block
-        self._insert(block)
+        insort(self._keys[block.small], (block.size, block.addr))
+        self._free[block.addr] = block
+
+    def _release_cached(self) -> None:
+        """cudaFree every segment that is one free block (`release_cached_blocks`)."""
+        whole = [b for b in self._free.values() if b.prev is None and b.next is None]
+        for block in whole:
+            self._remove(block)
+            self.reserved -= block.size
+            self.released += block.size
 
     def _insert(self, block: _Block) -> None:
         insort(self._keys[block.small], (block.size, block.addr))
@@ -160,20 +182,22 @@ def replay(
     categories: Sequence[int],
     *,
     kind: str = "cuda",
+    capacity: int | None = None,
 ) -> ReplayResult:
-    """Replay events (op ALLOC/FREE, block id, bytes, category) through the allocator.
+    """Replay events (op ALLOC/FREE, block id, bytes, category) through the allocator;
+    `capacity`: bytes the allocator may hold (None: unlimited).
 
     An ALLOC of an id that is live, or a FREE of an id that is not, is a ValueError:
     a malformed event stream is a bug in whoever produced it."""
     if kind == "plain":
-        return _replay_plain(ops, ids, sizes, categories)
+        return _replay_plain(ops, ids, sizes, categories, capacity)
     if kind != "cuda":
         raise ValueError(f"allocator kind must be 'cuda' or 'plain', got {kind!r}")
-    model = CachingAllocatorModel()
+    model = CachingAllocatorModel(capacity)
     live: dict[int, tuple[_Block, int]] = {}
     by_cat = [0] * N_CATEGORIES
-    peak, peak_event, peak_cats, reserved_peak = 0, -1, tuple(by_cat), 0
-    malloc, free = model.malloc, model.free
+    peak, peak_event, peak_cats = 0, -1, tuple(by_cat)
+    malloc, free, pop = model.malloc, model.free, live.pop
     for index, (op, ident, nbytes, cat) in enumerate(zip(ops, ids, sizes, categories)):
         if op == ALLOC:
             if ident in live:
@@ -184,17 +208,15 @@ def replay(
             if model.allocated > peak:
                 peak, peak_event, peak_cats = model.allocated, index, tuple(by_cat)
         else:
-            entry = live.pop(ident, None)
+            entry = pop(ident, None)
             if entry is None:
                 raise ValueError(f"event {index}: free of unknown block {ident}")
-            block, cat = entry
-            by_cat[cat] -= block.size
-            free(block)
-    reserved_peak = model.reserved
-    return ReplayResult(peak, reserved_peak, peak_cats, peak_event, model.segments)
+            by_cat[entry[1]] -= entry[0].size
+            free(entry[0])
+    return ReplayResult(peak, model.reserved_peak, peak_cats, peak_event, model.segments, model.oom, model.released)
 
 
-def _replay_plain(ops, ids, sizes, categories) -> ReplayResult:
+def _replay_plain(ops, ids, sizes, categories, capacity) -> ReplayResult:
     live: dict[int, tuple[int, int]] = {}
     by_cat = [0] * N_CATEGORIES
     current = peak = 0
@@ -214,4 +236,4 @@ def _replay_plain(ops, ids, sizes, categories) -> ReplayResult:
                 raise ValueError(f"event {index}: free of unknown block {ident}")
             by_cat[entry[1]] -= entry[0]
             current -= entry[0]
-    return ReplayResult(peak, peak, peak_cats, peak_event, 0)
+    return ReplayResult(peak, peak, peak_cats, peak_event, 0, capacity is not None and peak > capacity)

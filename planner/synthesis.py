@@ -187,11 +187,7 @@ def expand_periods(trace: Trace) -> Trace:
         return trace if keep.all() else _assemble(trace, trace.ids, keep, {}, trace.flops)
     repeats = trace.repeats
     forward, backward = _periods(trace, "forward"), _periods(trace, "recompute")
-    f_order, b_order = sorted(forward), list(backward)
-    if len(f_order) < 3 or len(b_order) < 3 or b_order[:2] != f_order[:-3:-1]:
-        raise StructureMismatch(f"a periodic trace needs 3 real periods; forward {f_order}, backward {b_order}")
-    tf, pf = f_order[-1], f_order[-2]  # forward template and its predecessor
-    pb, tb = b_order[0], b_order[1]  # backward predecessor (processed first) and template
+    (tf, pf), (tb, pb) = _templates(forward, backward)  # pb: processed first in backward
     ids, ops = trace.ids, trace.ops
     blocks = {name: _allocated(trace, span) for name, span in
               (("tf", forward[tf]), ("pf", forward[pf]), ("tb", backward[tb]), ("pb", backward[pb]))}
@@ -250,12 +246,31 @@ def expand_periods(trace: Trace) -> Trace:
             insert.setdefault(int(q), []).append(Events(np.full(repeats, FREE, np.int8), copies_free,
                                                          np.zeros(repeats, np.int64),
                                                          np.full(repeats, trace.categories[q], np.int8)))
-    # FLOPs scale with the work itself (a shorter last period counts its share), memory
-    # with whole periods.
+    return _assemble(trace, retarget, keep, insert, _expanded_flops(trace, tf, tb))
+
+
+def expanded_flops(trace: Trace) -> float:
+    """Total FLOPs of the trace once its skipped periods are filled in."""
+    if trace.stub_units == 0:
+        return trace.total_flops
+    (tf, _), (tb, _) = _templates(_periods(trace, "forward"), _periods(trace, "recompute"))
+    return sum(value for _, value in _expanded_flops(trace, tf, tb))
+
+
+def _expanded_flops(trace: Trace, tf: int, tb: int) -> tuple[tuple[str, float], ...]:
+    """FLOPs scale with the work itself (a shorter last period counts its share), memory
+    with whole periods."""
     share = 1 + trace.stub_units / trace.units_per_period
     scale = {f"period:forward:{tf}": share, f"period:recompute:{tb}": share}
-    flops = tuple((name, value * scale.get(name, 1)) for name, value in trace.flops)
-    return _assemble(trace, retarget, keep, insert, flops)
+    return tuple((name, value * scale.get(name, 1)) for name, value in trace.flops)
+
+
+def _templates(forward: dict, backward: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((forward template, its predecessor), (backward template, its predecessor))."""
+    f_order, b_order = sorted(forward), list(backward)
+    if len(f_order) < 3 or len(b_order) < 3 or b_order[:2] != f_order[:-3:-1]:
+        raise StructureMismatch(f"a periodic trace needs 3 real periods; forward {f_order}, backward {b_order}")
+    return (f_order[-1], f_order[-2]), (b_order[1], b_order[0])
 
 
 def _periods(trace: Trace, kind: str) -> dict[int, tuple[int, int]]:
@@ -297,3 +312,10 @@ def _assemble(trace: Trace, ids: np.ndarray, keep: np.ndarray, insert: dict[int,
     marks = tuple((label, int(new_index[i])) for label, i in trace.marks if not label.startswith("period:"))
     return Trace(events.ops, events.ids, events.sizes, events.categories, marks, flops, trace.grad_bytes,
                  trace.carry, trace.batch_size)
+
+
+def with_repeats(trace: Trace, repeats: int) -> Trace:
+    """The same trace with `repeats` skipped periods (a cheaper stand-in for many)."""
+    from dataclasses import replace
+
+    return replace(trace, stub_units=repeats * trace.units_per_period)

@@ -50,6 +50,7 @@ def _assert_same(run_a, run_b, atol=1e-9):
 
 @pytest.mark.parametrize("name, channels", [("tsm_r18", 512), ("tsm_r34", 512), ("tsm_r50", 2048), ("r2plus1d_18", 512)])
 def test_output_shape_uint8_and_float(name, channels):
+    torch.manual_seed(0)
     encoder = build_encoder(name).eval()
     assert encoder.out_channels == channels and encoder.name == name
     assert not any(k.startswith("fc.") for k in encoder.state_dict())
@@ -57,7 +58,8 @@ def test_output_shape_uint8_and_float(name, channels):
         from_uint8 = encoder(_clips(b=2, tr=3))
         from_float = encoder(_clips(b=2, tr=3, dtype=torch.float32))
     assert from_uint8.shape == (2, channels, 3)
-    assert torch.allclose(from_uint8, from_float, atol=1e-5)
+    # same values up to float32 rounding of two scaling orders (x/255 before or inside)
+    assert torch.allclose(from_uint8, from_float, rtol=1e-4, atol=1e-5 * from_float.abs().max().item())
 
 
 @pytest.mark.parametrize("name", ["tsm_r18", "r2plus1d_18"])
@@ -71,6 +73,7 @@ def test_single_snippet_and_single_frame(name, tr, f):
 
 
 def test_snippets_are_encoded_independently_and_frames_interact():
+    torch.manual_seed(0)
     encoder = build_encoder("tsm_r18", dtype=torch.float64).eval()
     x = _clips(tr=3, f=3, dtype=torch.float64)
     with torch.no_grad():
@@ -168,13 +171,14 @@ def test_chunk_with_unfrozen_bn_updates_once_per_chunk():
 
 
 def test_chunking_without_autograd_matches():
-    encoder = build_encoder("tsm_r18").eval()
+    torch.manual_seed(0)
+    encoder = build_encoder("tsm_r18", dtype=torch.float64).eval()
     clips = _clips(b=2, tr=3)
     with torch.no_grad():
         plain = encoder(clips)
         encoder.set_grad_checkpointing("chunk:2")
         chunked = encoder(clips)
-    assert torch.allclose(plain, chunked, atol=1e-5)
+    assert torch.allclose(plain, chunked, atol=1e-10)
 
 
 def test_r2plus1d_checkpointing_is_equivalent():

@@ -239,3 +239,93 @@ def test_cuda_matches_cpu(name):
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=5e-3)  # cuDNN may use TF32
     for buf, buf_cpu in zip(built.buffers(), head.to("cpu").buffers()):
         torch.testing.assert_close(buf.cpu(), buf_cpu)
+
+
+# -- one head, several temporal sizes (C-LoFi cycles T = 100, 25, 50) -------------------
+
+
+@pytest.mark.parametrize("name", ["gtad", "bmn"])
+def test_multi_t_head_equals_single_t_heads_with_the_same_weights(name):
+    torch.manual_seed(0)
+    multi = build_head(name, in_channels=8, temporal_dim=8, extra_temporal_dims=(4, 6))
+    assert multi.temporal_dims == (8, 4, 6) and multi.temporal_dim == 8
+    assert not any("matrix" in k for k in multi.state_dict())
+    for t in (4, 6, 8):
+        single = build_head(name, in_channels=8, temporal_dim=t)
+        assert single.state_dict().keys() == multi.state_dict().keys()
+        single.load_state_dict(multi.state_dict())  # strict: the matrices are not in it
+        x = torch.randn(2, 8, t)
+        with torch.no_grad():
+            got, want = multi(x), single(x)
+        assert got.start.shape == (2, t) and got.confidence_map.shape == (2, 2, t, t)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    multi.load_state_dict(build_head(name, in_channels=8, temporal_dim=6).state_dict())  # and back
+
+
+@pytest.mark.parametrize("name", ["gtad", "bmn"])
+def test_multi_t_head_rejects_a_size_it_was_not_built_for(name):
+    head = build_head(name, in_channels=8, temporal_dim=8, extra_temporal_dims=(4, 6))
+    with pytest.raises(OptionError, match=r"T = 5 but holds sampling matrices only for T in \{4, 6, 8\}"):
+        head(torch.randn(1, 8, 5))
+    single = build_head(name, in_channels=8, temporal_dim=8)  # the single-T head checks too
+    with pytest.raises(OptionError, match=r"T = 6 .* only for T in \{8\}"):
+        single(torch.randn(1, 8, 6))
+    with FakeTensorMode():  # the check reads only the static shape
+        fake = build_head(name, in_channels=8, temporal_dim=8, extra_temporal_dims=(4,))
+        assert fake(torch.randn(1, 8, 4)).confidence_map.shape == (1, 2, 4, 4)
+        with pytest.raises(OptionError, match="T = 7"):
+            fake(torch.randn(1, 8, 7))
+
+
+@pytest.mark.parametrize("name", ["gtad", "bmn"])
+def test_extra_sizes_add_buffers_not_parameters(name):
+    counts = [sum(p.numel() for p in build_head(name, in_channels=512, temporal_dim=100, extra_temporal_dims=extra,
+                                                device="meta").parameters()) for extra in ((), (25, 50))]
+    assert counts[0] == counts[1] == {"gtad": 5_584_772, "bmn": 5_000_068}[name]
+    head = build_head(name, in_channels=512, temporal_dim=100, extra_temporal_dims=(25, 50), device="meta")
+    assert {b.device.type for b in head.buffers()} == {"meta"}
+    assert head(torch.empty(1, 512, 50, device="meta")).confidence_map.shape == (1, 2, 50, 50)
+    # every buffer of a head is a sampling matrix, and all of them are listed
+    names = constant_buffer_names(head)
+    assert names == [n for n, _ in head.named_buffers()]
+    per_t = {"gtad": 2, "bmn": 1}[name]
+    assert len(names) == 3 * per_t and sum(n.endswith("_t25") for n in names) == per_t
+    floats = sum(b.numel() for b in head.buffers())
+    assert floats == {"gtad": 36, "bmn": 32}[name] * (100**3 + 25**3 + 50**3)
+
+
+def test_multi_t_buffer_names_and_moves():
+    head = build_head("gtad", in_channels=8, temporal_dim=8, extra_temporal_dims=(4,))
+    assert constant_buffer_names(torch.nn.ModuleDict({"head": head})) == [
+        "head.align.inner_matrix", "head.align.context_matrix",
+        "head.align.inner_matrix_t4", "head.align.context_matrix_t4",
+    ]
+    single = build_head("gtad", in_channels=8, temporal_dim=4)
+    torch.testing.assert_close(head.align.inner_matrix_t4, single.align.inner_matrix, rtol=0, atol=0)
+    head = head.to(torch.float64)
+    assert {b.dtype for b in head.buffers()} == {torch.float64}
+    assert head(torch.randn(1, 8, 4, dtype=torch.float64)).start.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "extra, temporal_dims",
+    [((), (8,)), ((8, 4, 4, 6), (8, 4, 6)), ([25, np.int64(50)], (8, 25, 50)), (range(4, 6), (8, 4, 5))],
+)
+def test_extra_temporal_dims_are_deduplicated_in_order(extra, temporal_dims):
+    assert build_head("bmn", in_channels=8, temporal_dim=8, extra_temporal_dims=extra,
+                      device="meta").temporal_dims == temporal_dims
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ((4, 3), r"extra_temporal_dims must be integers >= 4, got 3 in \(4, 3\)"),
+        ((4.0,), "extra_temporal_dims must be integers >= 4, got 4.0"),
+        (25, "extra_temporal_dims must be a sequence of integers, got 25"),
+        ("25", "extra_temporal_dims must be a sequence of integers, got '25'"),
+    ],
+)
+def test_build_head_rejects_bad_extra_temporal_dims(extra, match):
+    with pytest.raises(OptionError, match=match):
+        build_head("gtad", in_channels=8, temporal_dim=8, extra_temporal_dims=extra)

@@ -12,7 +12,7 @@ import click
 from planner.candidate import OPTIMIZERS
 
 ACTIVITYNET_TRAINING_VIDEOS = 9649  # ActivityNet-1.3 training videos (shared/data/README.md)
-ACTIVITYNET_SOURCE = "ActivityNet-1.3 training, 9,649 videos (default; --videos or --annotations to change)"
+ACTIVITYNET_SOURCE = "ActivityNet-1.3 training; --videos or --annotations to change"
 MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two that fit
 
 
@@ -110,7 +110,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         err_console.print(f"wrote {path}", highlight=False)
         return
     render_report(report_from_plan(result, show_all=show_all), console)
-    console.print(f"Wrote [bold]{path}[/]; `lofi train --plan {path}` trains the chosen configuration.", highlight=False)
+    console.print(f"Wrote [bold]{path}[/] (what `lofi train` reads).", highlight=False)
 
 
 def _dataset_size(videos: int | None, annotations: Path | None) -> tuple[int, str]:
@@ -122,14 +122,14 @@ def _dataset_size(videos: int | None, annotations: Path | None) -> tuple[int, st
     if videos is not None:
         if videos < 1:
             raise OptionError(f"--videos must be >= 1, got {videos}")
-        return videos, f"{videos:,} videos (--videos)"
+        return videos, "--videos"
     if annotations is not None:
         from lofi.data.annotations import load_annotations
 
         count = len(load_annotations(annotations, subsets=["training"]).records)
         if count == 0:
             raise OptionError(f"{annotations}: no video in the training subset")
-        return count, f"{count:,} training videos in {annotations}"
+        return count, f"the training subset of {annotations}"
     return ACTIVITYNET_TRAINING_VIDEOS, ACTIVITYNET_SOURCE
 
 

@@ -94,9 +94,10 @@ def render_report(report: Report, console: Console) -> None:
         console.print(f"[yellow]note:[/] {notice}", highlight=False)
     console.print(_header(report))
     console.print(_table(report))
-    shown = "every candidate" if report.show_all else f"the best candidate of each of {report.configurations} configurations"
+    plural = "s" if report.configurations > 1 else ""
+    shown = "every candidate" if report.show_all else f"the best candidate of each of {report.configurations} configuration{plural}"
     console.print(
-        f"[dim]Showing {shown}; {report.total_candidates} candidates in all"
+        f"[dim]Showing {shown}; {report.total_candidates} candidate{'s' if report.total_candidates > 1 else ''} in all"
         f"{'' if report.show_all else ' (--all shows every one)'}. Memory: {report.estimates}.[/]",
         highlight=False,
     )

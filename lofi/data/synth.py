@@ -281,6 +281,41 @@ def _prepare(paths: SynthPaths, overwrite: bool) -> None:
     paths.videos_dir.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class SynthSummary:
+    videos: int
+    training: int
+    validation: int
+    classes: tuple[str, ...]
+    instances: int
+    frames: int
+    seconds: float
+    action_fraction: float  # share of all video time inside an instance
+    bytes: int  # all files of the dataset
+
+
+def describe(paths: SynthPaths) -> SynthSummary:
+    """Numbers about a written dataset, read back from its files."""
+    manifest = read_manifest(paths.root)
+    config = config_from_manifest(manifest)
+    try:
+        database = json.loads(paths.annotations.read_text(encoding="utf-8"))["database"]
+    except (OSError, ValueError, KeyError) as error:
+        raise InputFileError(f"{paths.annotations}: cannot read ({error})") from error
+    seconds = sum(entry["duration"] for entry in database.values())
+    covered = sum(b - a for entry in database.values() for a, b in
+                  (item["segment"] for item in entry["annotations"]))
+    subsets = [entry["subset"] for entry in database.values()]
+    files = [p for p in paths.root.rglob("*") if p.is_file()]
+    return SynthSummary(
+        videos=len(database), training=subsets.count("training"),
+        validation=subsets.count("validation"), classes=tuple(manifest["classes"]),
+        instances=sum(len(entry["annotations"]) for entry in database.values()),
+        frames=int(round(seconds * config.fps)), seconds=seconds,
+        action_fraction=covered / seconds if seconds else 0.0,
+        bytes=sum(p.stat().st_size for p in files))
+
+
 def read_manifest(root: str | os.PathLike) -> dict:
     """The manifest of a synthetic dataset folder; InputFileError if unreadable."""
     path = Path(root) / "manifest.json"

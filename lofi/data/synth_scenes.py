@@ -35,19 +35,20 @@ PALETTE = np.array([
 ], dtype=np.float32)
 STRIPES = np.array([[0.97, 0.97, 0.97], [0.08, 0.08, 0.08]], dtype=np.float32)
 
-SPEED_RANGE = (0.20, 0.30)  # widths / s: < 0.5 width per second, so a 1 s gap never aliases
+SPEED_RANGE = (0.15, 0.25)  # widths / s: < 0.5 width per second, so a 1 s gap never aliases
 ACTION_HEADING_JITTER = math.radians(4.0)  # per-frame wobble of the actor's heading
 DRIFT_SPREAD = 0.3  # drift headings: midway between classes +- this fraction of half a gap
 DRIFT_SECONDS = (1.5, 5.0)  # how long a drift or jitter bout lasts
-JITTER_PROBABILITY = 0.25  # a bout is a jitter (random walk) rather than a drift
+JITTER_PROBABILITY = 0.0  # a bout is a jitter (random walk) rather than a drift
 RADIUS_RANGE = (0.075, 0.1)  # token radius, widths
 PAN_SPEED_RANGE = (0.015, 0.04)  # background pan, widths / s
 CHUNK_FRAMES = 64  # frames rendered at once (bounds memory at large sizes)
 
 
 def class_heading(index: int, classes: int) -> float:
-    """Heading of class `index` among `classes` evenly spaced ones, radians."""
-    return 2.0 * math.pi * index / classes
+    """Heading of class `index`: `classes` headings evenly spaced over half a turn,
+    radians (0 = right, pi/2 = up); the other half turn is for look-alikes."""
+    return math.pi * index / classes
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Scene:
     frames: int
     background: Background
     tokens: tuple[Token, ...]  # drawn in this order (the actor is not always last)
+    actor: int  # index into `tokens` of the token that performs the actions
 
 
 def plan_scene(
@@ -92,7 +94,8 @@ def plan_scene(
         distractors.append(_token(rng, _path(rng, frames, fps, classes, never, heading, resting)))
     tokens = [actor, *distractors]
     order = rng.permutation(len(tokens))
-    return Scene(frames, _background(rng, frames, fps), tuple(tokens[i] for i in order))
+    return Scene(frames, _background(rng, frames, fps), tuple(tokens[i] for i in order),
+                 actor=int(np.argmin(order)))
 
 
 def _token(rng: np.random.Generator, path: tuple[np.ndarray, np.ndarray]) -> Token:
@@ -126,9 +129,8 @@ def _path(
 
 
 def _busy_directions(rng: np.random.Generator, frames: int, fps: float, classes: int) -> np.ndarray:
-    """Per-frame heading of the look-alike behaviour: bouts of steady drift along a
-    heading midway between two class headings, or NaN for a jitter bout."""
-    gap = 2.0 * math.pi / classes
+    """Per-frame heading of the look-alike behaviour: bouts of steady drift along the
+    reverse of a random class heading, or NaN for a jitter bout."""
     out = np.empty(frames)
     start = 0
     while start < frames:
@@ -136,8 +138,8 @@ def _busy_directions(rng: np.random.Generator, frames: int, fps: float, classes:
         if rng.random() < JITTER_PROBABILITY:
             out[start:start + length] = np.nan
         else:
-            middle = gap * (int(rng.integers(classes)) + 0.5)
-            out[start:start + length] = middle + rng.uniform(-1, 1) * DRIFT_SPREAD * gap / 2
+            reverse = class_heading(int(rng.integers(classes)), classes) + math.pi
+            out[start:start + length] = reverse + rng.normal(0.0, ACTION_HEADING_JITTER)
         start += length
     return out
 

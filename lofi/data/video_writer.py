@@ -6,10 +6,13 @@ av.codecs_available`); `"h264"` is FFmpeg's alias for the same encoder. If a PyA
 lacks libx264, `codec="mpeg4"` (MPEG-4 part 2, always built in) is the fallback that
 every decoder reads; `default_codec()` picks it.
 
-Determinism: the encoder runs single-threaded (`threads=1`, x264's frame threads would
-otherwise let the rate control see frames in a scheduler-dependent order) and the
-muxer gets the `bitexact` flag, so the same frames give the same file bytes with the
-same FFmpeg build, and the same decoded frames with any build.
+Determinism: the encoder runs single-threaded (`threads=1`: x264's frame threads would
+otherwise let the rate control see frames in a scheduler-dependent order), without
+x264's macroblock-tree rate control (`no-mbtree`: with it, about one video in ten of
+the synthetic set encoded differently from run to run, even single-threaded) and with
+explicit scene-cut control (see `keyframe_interval`); the muxer gets the `bitexact`
+flag. So the same frames give the same file bytes with the same FFmpeg build, and the
+same decoded frames with the same decoder.
 
 Atomicity: the file is written to a hidden temporary name in the destination folder,
 fsynced, then `os.replace`d over `path`; a failure removes the temporary file and
@@ -146,7 +149,9 @@ def _encode(
 def _codec_options(codec: str, crf: int, preset: str, keyframe_interval: int | None) -> dict[str, str]:
     if codec not in _X264_NAMES:
         return {"threads": "1"}
-    params = ["threads=1"]
+    # "no-mbtree": with x264's macroblock-tree rate control the same frames gave
+    # different files from run to run (PyAV 18.1 wheels; about one video in ten).
+    params = ["threads=1", "no-mbtree=1"]
     if keyframe_interval is not None:
         # "no-scenecut": x264's `scenecut=0` does not disable scene cuts, and with it the
         # output varied from run to run in our tests (x264 in PyAV 18.1 wheels).

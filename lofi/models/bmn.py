@@ -17,10 +17,12 @@ of weights."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import bmn_bm_sampling, dense_matrix
+from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix
 from lofi.models.heads import HeadOutput
 
 HIDDEN_1D = 256
@@ -31,25 +33,31 @@ SAMPLES_PER_BIN = 3  # opts.num_sample_perbin
 BOUNDARY_RATIO = 0.5  # opts.prop_boundary_ratio
 
 
-class BoundaryMatching(nn.Module):
-    """(B, C, T) -> (B, C * 32, D, T): x @ the fixed [T, 32 * D * T] sampling mask."""
+class BoundaryMatching(SamplingLayer):
+    """(B, C, T) -> (B, C * 32, D, T): x @ the fixed [T, 32 * D * T] sampling mask, one
+    mask for T = temporal_dim and each of `extra_temporal_dims`."""
 
-    def __init__(self, temporal_dim: int, *, device=None, dtype=None):
-        super().__init__()
-        self.temporal_dim = temporal_dim
-        sampling = bmn_bm_sampling(temporal_dim, NUM_SAMPLE, SAMPLES_PER_BIN, BOUNDARY_RATIO)
-        self.register_buffer("sample_matrix", dense_matrix(sampling, device=device, dtype=dtype), persistent=False)
+    owner = "BMN head"
+
+    def __init__(self, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (), device=None, dtype=None):
+        super().__init__((temporal_dim, *extra_temporal_dims))
+        for t in self.temporal_dims:
+            sampling = bmn_bm_sampling(t, NUM_SAMPLE, SAMPLES_PER_BIN, BOUNDARY_RATIO)
+            self.register_matrix("sample_matrix", t, dense_matrix(sampling, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, t = x.shape
-        out = torch.matmul(x, self.sample_matrix.to(x.dtype))  # (B, C, 32 * D * T)
+        sample_matrix = self.matrix("sample_matrix", t)  # (T, 32 * D * T); raises for an unknown T
+        out = torch.matmul(x, sample_matrix.to(x.dtype))  # (B, C, 32 * D * T)
         return out.view(b, c * NUM_SAMPLE, t, t)
 
 
 class BMN(nn.Module):
-    """BMN head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map)."""
+    """BMN head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map), for T in
+    `temporal_dims` = (temporal_dim, *extra_temporal_dims); the weights do not depend on T."""
 
-    def __init__(self, in_channels: int, temporal_dim: int, *, device=None, dtype=None):
+    def __init__(self, in_channels: int, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (),
+                 device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         self.in_channels = in_channels
@@ -61,7 +69,8 @@ class BMN(nn.Module):
         self.start_branch = self._tem_branch(fk)
         self.end_branch = self._tem_branch(fk)
         self.proposal_1d = nn.Sequential(nn.Conv1d(HIDDEN_1D, HIDDEN_1D, 3, padding=1, **fk), nn.ReLU(inplace=True))
-        self.bm_layer = BoundaryMatching(temporal_dim, **fk)
+        self.bm_layer = BoundaryMatching(temporal_dim, extra_temporal_dims=extra_temporal_dims, **fk)
+        self.temporal_dims = self.bm_layer.temporal_dims
         self.proposal_3d = nn.Sequential(  # Conv3d(256, 512, (32, 1, 1)) as a 1x1 Conv2d
             nn.Conv2d(HIDDEN_1D * NUM_SAMPLE, HIDDEN_3D, 1, **fk), nn.ReLU(inplace=True),
         )
@@ -80,6 +89,7 @@ class BMN(nn.Module):
         )
 
     def forward(self, features: Tensor) -> HeadOutput:
+        self.bm_layer.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.base(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)

@@ -20,16 +20,22 @@ indices [s, s + d]; both heads extend it by ratio * (d + 1) on each side.
   when inside [0, T - 1].
 
 The weights are built once per configuration in numpy as a sparse list (cached) and made
-dense on the module's device (`dense_matrix`)."""
+dense on the module's device (`dense_matrix`). `SamplingLayer` is the module base of
+both layers: one set of matrices per temporal size T the head was built for (C-LoFi
+trains one head at T = 100, 25 and 50), picked by the input's T."""
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+
+from lofi.errors import OptionError
 
 
 class SparseSampling(NamedTuple):
@@ -62,7 +68,7 @@ def _columns(t: int, d: int, p: int, starts: np.ndarray, shape: tuple[int, ...])
     return np.broadcast_to(col, shape)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def gtad_sgalign_sampling(temporal_dim: int, num_points: int, expand_ratio: float = 0.5) -> SparseSampling:
     """G-TAD SGAlign weights (Align1D with sampling_ratio 0) for P = num_points bins."""
     t, p = int(temporal_dim), int(num_points)
@@ -92,7 +98,7 @@ def gtad_sgalign_sampling(temporal_dim: int, num_points: int, expand_ratio: floa
     return _freeze(rows, cols, weights, t, p)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def bmn_bm_sampling(
     temporal_dim: int, num_points: int = 32, points_per_bin: int = 3, boundary_ratio: float = 0.5
 ) -> SparseSampling:
@@ -128,3 +134,40 @@ def dense_matrix(
         index = [torch.from_numpy(np.array(a)).to(out.device) for a in (sampling.rows, sampling.cols)]
         out.index_put_(tuple(index), torch.from_numpy(np.array(sampling.weights)).to(out.device), accumulate=True)
     return out.to(dtype or torch.get_default_dtype())
+
+
+class SamplingLayer(nn.Module):
+    """Base of G-TAD's SGAlign and BMN's BM layer: fixed sampling matrices for every
+    temporal size in `temporal_dims` (the first is the head's `temporal_dim`), stored as
+    non-persistent buffers, so they follow `.to()` and stay out of `state_dict()`.
+
+    A matrix of kind K (e.g. "inner_matrix") for T is the buffer `K` when T is the
+    first size and `K_t{T}` otherwise: a head built for one T keeps its old names."""
+
+    owner = "sampling layer"  # names the head in errors
+
+    def __init__(self, temporal_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.temporal_dims = tuple(dict.fromkeys(int(t) for t in temporal_dims))  # unique, in order
+        self.temporal_dim = self.temporal_dims[0]
+
+    def buffer_name(self, kind: str, t: int) -> str:
+        return kind if t == self.temporal_dim else f"{kind}_t{t}"
+
+    def register_matrix(self, kind: str, t: int, matrix: Tensor) -> None:
+        self.register_buffer(self.buffer_name(kind, t), matrix, persistent=False)
+
+    def check_temporal_dim(self, t: int) -> None:
+        """Raise OptionError unless the layer holds matrices for T = t. Reads only the
+        static size, so it works on meta and fake tensors."""
+        if t not in self.temporal_dims:
+            built = ", ".join(str(d) for d in sorted(self.temporal_dims))
+            raise OptionError(
+                f"{self.owner} got features with T = {t} but holds sampling matrices only for T in "
+                f"{{{built}}}; build it with {t} in temporal_dim or extra_temporal_dims"
+            )
+
+    def matrix(self, kind: str, t: int) -> Tensor:
+        """The (T, P * D * T) matrix of `kind` for T = t."""
+        self.check_temporal_dim(t)
+        return getattr(self, self.buffer_name(kind, t))

@@ -13,11 +13,13 @@ there, is a fixed sampling matrix here (`lofi.models.boundary_matching`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import dense_matrix, gtad_sgalign_sampling
+from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling
 from lofi.models.heads import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
@@ -75,35 +77,39 @@ class GCNeXt(nn.Module):
         return F.relu(x + self.temporal(x) + semantic)
 
 
-class SGAlign(nn.Module):
+class SGAlign(SamplingLayer):
     """Sub-graph of interest alignment. For every anchor, 32 points of the features and 4
     points of the neighbour-mean features (k = 3) over the anchor extended by half its
     length on both sides. Returns the two parts (B, C * 32, D, T) and (B, C * 4, D, T):
     together the (B, C * 36, D, T) map of G-TAD (channel c * 36 + p), kept apart so
-    that no concatenated copy of the largest activation is made (see `GTAD.forward`)."""
+    that no concatenated copy of the largest activation is made (see `GTAD.forward`).
+    Holds the two matrices for T = temporal_dim and each of `extra_temporal_dims`."""
 
-    def __init__(self, temporal_dim: int, *, device=None, dtype=None):
-        super().__init__()
-        self.temporal_dim = temporal_dim
-        self.register_buffer("inner_matrix", self._matrix(INNER_POINTS, device, dtype), persistent=False)
-        self.register_buffer("context_matrix", self._matrix(CONTEXT_POINTS, device, dtype), persistent=False)
+    owner = "G-TAD head"
 
-    def _matrix(self, points: int, device, dtype) -> Tensor:
-        return dense_matrix(gtad_sgalign_sampling(self.temporal_dim, points, EXPAND_RATIO),
-                            device=device, dtype=dtype)  # (T, points * D * T)
+    def __init__(self, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (), device=None, dtype=None):
+        super().__init__((temporal_dim, *extra_temporal_dims))
+        for t in self.temporal_dims:
+            for kind, points in (("inner_matrix", INNER_POINTS), ("context_matrix", CONTEXT_POINTS)):
+                sampling = gtad_sgalign_sampling(t, points, EXPAND_RATIO)
+                self.register_matrix(kind, t, dense_matrix(sampling, device=device, dtype=dtype))  # (T, P*D*T)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         b, c, t = x.shape
+        inner_matrix = self.matrix("inner_matrix", t)  # (T, 32 * D * T); raises for an unknown T
+        context_matrix = self.matrix("context_matrix", t)  # (T, 4 * D * T)
         context = gather_neighbours(x, knn_indices(x, NEIGHBOURS)).mean(dim=-1)  # (B, C, T)
-        inner = torch.matmul(x, self.inner_matrix.to(x.dtype))  # (B, C, 32 * D * T)
-        outer = torch.matmul(context, self.context_matrix.to(x.dtype))  # (B, C, 4 * D * T)
+        inner = torch.matmul(x, inner_matrix.to(x.dtype))  # (B, C, 32 * D * T)
+        outer = torch.matmul(context, context_matrix.to(x.dtype))  # (B, C, 4 * D * T)
         return inner.view(b, c * INNER_POINTS, t, t), outer.view(b, c * CONTEXT_POINTS, t, t)
 
 
 class GTAD(nn.Module):
-    """G-TAD head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map)."""
+    """G-TAD head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map), for T in
+    `temporal_dims` = (temporal_dim, *extra_temporal_dims); the weights do not depend on T."""
 
-    def __init__(self, in_channels: int, temporal_dim: int, *, device=None, dtype=None):
+    def __init__(self, in_channels: int, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (),
+                 device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         self.in_channels = in_channels
@@ -115,7 +121,8 @@ class GTAD(nn.Module):
         self.start_branch = nn.Sequential(GCNeXt(HIDDEN_1D, **fk), nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid())
         self.end_branch = nn.Sequential(GCNeXt(HIDDEN_1D, **fk), nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid())
         self.backbone2 = GCNeXt(HIDDEN_1D, **fk)
-        self.align = SGAlign(temporal_dim, **fk)
+        self.align = SGAlign(temporal_dim, extra_temporal_dims=extra_temporal_dims, **fk)
+        self.temporal_dims = self.align.temporal_dims
         # localization: the first 1x1 conv reads all 256 * 36 aligned channels
         self.map_in = nn.Conv2d(HIDDEN_1D * (INNER_POINTS + CONTEXT_POINTS), HIDDEN_3D, 1, **fk)
         self.map_out = nn.Sequential(
@@ -135,6 +142,7 @@ class GTAD(nn.Module):
         return F.conv2d(inner, w_inner, self.map_in.bias) + F.conv2d(outer, w_outer)
 
     def forward(self, features: Tensor) -> HeadOutput:
+        self.align.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.backbone1(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)

@@ -1,0 +1,52 @@
+"""How long the planner takes to estimate the whole default candidate grid for one target,
+cold (empty trace cache: everything traced) and warm (traces on disk, a new process state).
+
+    python benchmarks/planner_speed.py [--gpu v100-32gb] [--gpus 1] [--workers N]
+
+Prints the number of candidates and traces, and seconds for each run. The bar (planner
+issue): under 60 s cold on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from lofi.plan_workload import lofi_workload
+from planner.estimate import TRACE_BATCHES, estimate_grid
+from planner.grid import GridSpec, build_grid
+from planner.profiles import get_profile
+from planner.trace_cache import TraceCache
+from planner.workload import step_specs
+
+
+def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path) -> list[float]:
+    profile = get_profile(gpu)
+    candidates = build_grid(GridSpec(gpus=gpus), profile)
+    target = "cpu" if profile.kind == "cpu" else "cuda"
+    traces = {(s.canonical(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
+    print(f"{gpu} x {gpus}: {len(candidates)} candidates, {len(traces)} traces at batch sizes {TRACE_BATCHES}")
+    times = []
+    for label in ("cold", "warm"):
+        start = time.perf_counter()
+        estimates = estimate_grid(candidates, lofi_workload(), profile, cache=TraceCache(cache_dir), workers=workers)
+        times.append(time.perf_counter() - start)
+        fits = sum(e.memory.total <= profile.memory_bytes for e in estimates)
+        print(f"  {label}: {times[-1]:.1f} s ({fits} of {len(estimates)} within {profile.memory_bytes / 2**30:.0f} GiB)")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", default="v100-32gb")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args.gpu, args.gpus, args.workers, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
@@ -155,13 +157,17 @@ class TraceStore:
                     progress(done)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = [pool.submit(_trace_group, self.workload, group) for group in groups.values()]
-            for future in as_completed(futures):
-                for (step, batch), trace in future.result():
-                    self.cache.put(trace_key(self.workload.key, step, batch), trace)
-                    done += 1
-                progress(done)
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+                futures = [pool.submit(_trace_group, self.workload, group) for group in groups.values()]
+                for future in as_completed(futures):
+                    for (step, batch), trace in future.result():
+                        self.cache.put(trace_key(self.workload.key, step, batch), trace)
+                        done += 1
+                    progress(done)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): finish here
+            left = [job for job in jobs if self.cached(*job) is None]
+            self.trace_all(left, workers=1, progress=lambda n: progress(done + n))
 
     def at_batch(self, step: StepSpec, batch: int) -> Trace:
         """The trace at `batch`: extrapolated from the traced batch sizes, or traced."""
@@ -222,7 +228,16 @@ def _workers(requested: int | None, missing: int) -> int:
     if requested is None:
         env = os.environ.get(WORKERS_ENV)
         requested = int(env) if env and env.isdigit() else min(2, os.cpu_count() or 1)
-    return requested if missing >= PARALLEL_MIN_TRACES else 1
+    if missing < PARALLEL_MIN_TRACES or not _spawnable():
+        return 1
+    return requested
+
+
+def _spawnable() -> bool:
+    """Spawned workers re-import __main__: impossible from stdin or an interactive shell."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is not None and os.path.isfile(path)
 
 
 def _worker_init() -> None:

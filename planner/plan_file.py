@@ -252,6 +252,8 @@ def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:
         raise PlanFileError(f"{origin}: plan schema version {version}; this lofi reads version {VERSION} (run `lofi plan` again)")
     hw = root.obj("hardware")
     hardware = Hardware(hw.str("name"), hw.str("display_name"), hw.int("memory_bytes", minimum=1), hw.str("kind"), hw.bool("detected"))
+    if hardware.kind not in ("gpu", "cpu"):
+        raise hw.fail("kind", f"expected 'gpu' or 'cpu', got {hardware.kind!r}")
     hw.done()
     dataset = root.obj("dataset")
     videos, dataset_source = dataset.int("videos_per_epoch", minimum=1), dataset.str("source")

@@ -302,6 +302,8 @@ class Recorder(TorchDispatchMode):
             if self._bytes[block] == nbytes:
                 return block
             self._release(key, block)  # storage resized in place: old block freed, new one made
+        if nbytes == 0:
+            return None  # the caching allocator hands out no block for 0 bytes
         block = self._next
         self._next += 1
         self._live[key] = block

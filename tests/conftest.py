@@ -3,8 +3,14 @@ suite runs on a 2-core machine."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# PyTorch's OpenMP threads spin while waiting by default; on a shared 2-core machine that
+# starves the other process. Must be set before torch (and its OpenMP runtime) loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -21,6 +21,7 @@ from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
 from planner.fidelity import FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec, build_grid
+from planner.plan_file import load_plan
 from planner.profiles import get_profile
 from planner.quality import load_evidence
 
@@ -57,16 +58,24 @@ def test_four_v100_fit_s_t_st_on_r18_and_low_budget_on_r50_but_not_full_fidelity
     assert not fits[("tsm_r50", "100/224")]
 
 
-def test_with_the_defaults_one_v100_gets_a_better_configuration_and_its_time(tmp_path):
-    result = CliRunner().invoke(main, ["plan", "--gpu", "v100-32gb", "--gpus", "1", "--out", str(tmp_path / "plan.json")])
+def test_allowing_checkpointing_accumulation_and_half_precision_buys_quality(tmp_path):
+    """The defaults' levers on the paper's 1 x V100: T-LoFi R18 (34.32, which needs 108 GiB
+    under the paper's constraints) fits and wins over 25/112 R18 (33.99); the report
+    shows what it costs per epoch. (The full default grid, minutes to trace on 2 CPU
+    cores, picks full fidelity R50: docs/planner.md.)"""
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, [
+        "plan", "--gpu", "v100-32gb", "--gpus", "1", "--backbones", "tsm_r18", "--fidelity", "T,low",
+        "--batch", "2,16", "--checkpointing", "none,block", "--out", str(out),
+    ])
     assert result.exit_code == 0, result.output
-    from planner.plan_file import load_plan
-
-    plan = load_plan(tmp_path / "plan.json")
-    low_r18 = next(e for e in plan.candidates if e.candidate.backbone == "tsm_r18" and e.candidate.fidelity == LOW_BUDGET)
+    plan = load_plan(out)
     chosen = next(e for e in plan.candidates if e.rank == 1)
+    low_r18 = [e for e in plan.candidates if e.candidate.fidelity == LOW_BUDGET]
     assert chosen.fits and chosen.candidate == plan.chosen
-    assert chosen.quality_tier < low_r18.quality_tier  # higher quality than 25/112 R18
+    assert plan.chosen.fidelity == T_LOFI and plan.chosen.backbone == "tsm_r18"
+    assert plan.chosen.accumulation > 1 or plan.chosen.precision != "fp32" or plan.chosen.checkpointing != "none"
+    assert all(chosen.quality_tier < e.quality_tier for e in low_r18)  # higher quality than 25/112 R18
     assert plan.time is not None and plan.time.seconds_per_epoch > 0
     assert "per epoch of 9,649 videos" in result.output
 

@@ -164,7 +164,7 @@ def test_extrapolation_refuses_different_structures(vision):
 def test_checkpointing_reduces_activation_memory(vision):
     peaks = {p: replayed(vision.trace(vision_step(p, sr=224), 16)) for p in ("none", "block", "chunk:2")}
     acts = {p: r.peak_by_category[ACTIVATION] for p, r in peaks.items()}
-    assert acts["block"] < acts["none"] / 2 and acts["chunk:2"] < acts["none"] / 4
+    assert acts["block"] < 0.8 * acts["none"] and acts["chunk:2"] < acts["none"] / 4
     flops = {p: vision.trace(vision_step(p, sr=224), 16).total_flops for p in peaks}
     assert flops["block"] > flops["none"]  # recomputation is counted
 

@@ -41,6 +41,7 @@ DRIFT_SPREAD = 0.3  # drift headings: midway between classes +- this fraction of
 DRIFT_SECONDS = (1.5, 5.0)  # how long a drift or jitter bout lasts
 JITTER_PROBABILITY = 0.0  # a bout is a jitter (random walk) rather than a drift
 RADIUS_RANGE = (0.075, 0.1)  # token radius, widths
+DISTRACTORS = (1, 3)  # fewest and most look-alike tokens besides the actor
 PAN_SPEED_RANGE = (0.015, 0.04)  # background pan, widths / s
 CHUNK_FRAMES = 64  # frames rendered at once (bounds memory at large sizes)
 
@@ -88,7 +89,7 @@ def plan_scene(
     heading = class_heading(class_index, classes)
     actor = _token(rng, _path(rng, frames, fps, classes, action, heading))
     distractors = []
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))):
         resting = rng.random() < 0.25
         never = np.zeros(frames, dtype=bool)
         distractors.append(_token(rng, _path(rng, frames, fps, classes, never, heading, resting)))

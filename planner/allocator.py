@@ -47,6 +47,8 @@ MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 ROUND_LARGE = 2 << 20  # kRoundLarge: larger requests are rounded to 2 MiB
 
 ALLOC, FREE = 1, 0
+_SHIFT = 48  # free-list keys: size << 48 | address (segment addresses stay below 2**48)
+_ADDR = (1 << _SHIFT) - 1
 N_CATEGORIES = 8  # category codes are small ints < N_CATEGORIES (see planner.trace)
 
 
@@ -94,7 +96,8 @@ class CachingAllocatorModel:
     """The allocator's state: free blocks per pool, sorted by (size, address)."""
 
     def __init__(self, capacity: int | None = None) -> None:
-        self._keys: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])  # large, small
+        # free blocks per pool (large, small), sorted by size then address: key size << 48 | address
+        self._keys: tuple[list[int], list[int]] = ([], [])
         self._free: dict[int, _Block] = {}  # address -> free block
         self._top = 0  # next segment address
         self.capacity = capacity
@@ -109,9 +112,9 @@ class CachingAllocatorModel:
         size = MIN_BLOCK if nbytes < MIN_BLOCK else MIN_BLOCK * ((nbytes + MIN_BLOCK - 1) // MIN_BLOCK)
         small = size <= SMALL_SIZE
         keys = self._keys[small]
-        i = bisect_left(keys, (size, -1))
+        i = bisect_left(keys, size << _SHIFT)
         if i < len(keys):
-            block = self._free.pop(keys.pop(i)[1])
+            block = self._free.pop(keys.pop(i) & _ADDR)
         else:
             seg = segment_size(size)
             if self.capacity is not None and self.reserved + seg > self.capacity:
@@ -131,7 +134,7 @@ class CachingAllocatorModel:
                 block.next.prev = rest
             block.next = rest
             block.size = size
-            insort(keys, (remaining, rest.addr))
+            insort(keys, remaining << _SHIFT | rest.addr)
             self._free[rest.addr] = rest
         block.free = False
         self.allocated += block.size
@@ -154,7 +157,7 @@ class CachingAllocatorModel:
             block.next = nxt.next
             if nxt.next is not None:
                 nxt.next.prev = block
-        insort(self._keys[block.small], (block.size, block.addr))
+        insort(self._keys[block.small], block.size << _SHIFT | block.addr)
         self._free[block.addr] = block
 
     def _release_cached(self) -> None:
@@ -165,13 +168,9 @@ class CachingAllocatorModel:
             self.reserved -= block.size
             self.released += block.size
 
-    def _insert(self, block: _Block) -> None:
-        insort(self._keys[block.small], (block.size, block.addr))
-        self._free[block.addr] = block
-
     def _remove(self, block: _Block) -> None:
         keys = self._keys[block.small]
-        del keys[bisect_left(keys, (block.size, block.addr))]
+        del keys[bisect_left(keys, block.size << _SHIFT | block.addr)]
         del self._free[block.addr]
 
 

@@ -165,7 +165,10 @@ def gib(value: int | float) -> str:
 
 
 def hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+    """A duration for reports: hours, minutes or seconds."""
+    if seconds >= 360:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _speed_key(estimate: CandidateEstimate) -> tuple:

@@ -25,6 +25,7 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -44,7 +45,7 @@ from planner.workload import StepSpec, Workload, step_specs
 REPEAT_CAP = 6  # more repeated periods than this: replay at 4 and 6 and extrapolate
 TRACE_BATCHES = (2, 3)  # traced batch sizes; others are extrapolated (batch 1 too: no batch-1 special cases)
 WORKERS_ENV = "LOFI_PLAN_WORKERS"
-PARALLEL_MIN_TRACES = 8  # fewer missing traces than this: trace in-process
+PARALLEL_MIN_GROUPS = 4  # fewer model specs than this: work in-process
 
 Progress = Callable[[int, int], None]
 
@@ -72,53 +73,125 @@ def estimate_grid(
     overheads: Overheads | None = None,
 ) -> list[CandidateEstimate]:
     """Estimates in the order of `candidates`. `cache=None`: the on-disk default cache.
-    `workers`: processes tracing missing traces (None: $LOFI_PLAN_WORKERS or up to 2)."""
+    `workers`: processes that trace and replay, one model spec at a time (None:
+    $LOFI_PLAN_WORKERS, else up to 2; an in-memory cache is used in-process only)."""
     overheads = overheads or load_overheads()
-    store = TraceStore(workload, cache if cache is not None else TraceCache.default())
+    cache = cache if cache is not None else TraceCache.default()
     target = "cpu" if profile.kind == "cpu" else "cuda"
-    steps = {c: step_specs(c, target) for c in candidates}
-    needed = sorted({(s.canonical(), b) for specs in steps.values() for s in specs for b in TRACE_BATCHES},
-                    key=lambda job: (job[0].model.label, job[0].precision, job[1]))
-    missing = [job for job in needed if store.cached(*job) is None]
-    total = len(missing) + len(candidates)
+    kind = "plain" if target == "cpu" else "cuda"
+    members = {c: [s.canonical() for s in step_specs(c, target)] for c in candidates}
+    groups: dict[object, set[Request]] = defaultdict(set)
+    for c, steps in members.items():
+        for s in steps:
+            groups[s.model].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.world_size))
+    total = sum(len(g) for g in groups.values()) + len(candidates)
     report = progress or (lambda done, all_: None)
     report(0, total)
-    store.trace_all(missing, workers=_workers(workers, len(missing)), progress=lambda n: report(n, total))
-    kind = "plain" if target == "cpu" else "cuda"
-    results = []
-    for done, candidate in enumerate(candidates, start=1):
-        members = [_member(store, s, candidate, kind, profile, overheads, videos_per_epoch) for s in steps[candidate]]
-        memory = max((m for m, _ in members), key=lambda m: m.total)
-        timing = members[0][1] if len(members) == 1 else mean_time([t for _, t in members])
-        results.append(CandidateEstimate(candidate=candidate, memory=memory, time=timing))
-        report(len(missing) + done, total)
-    return results
+    jobs = [sorted(g, key=lambda r: (r.step.precision, r.step.optimizer, r.batch, r.accumulation, r.world_size))
+            for g in sorted(groups.values(), key=_cost, reverse=True)]
+    results: dict[Request, Replayed] = {}
+    count = _workers(workers, len(jobs)) if cache.root is not None else 1
+    for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count):
+        results.update(done)
+        report(len(results), total)
+    estimates = []
+    for n, c in enumerate(candidates, start=1):
+        member = [_member(results[Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.world_size)], c, profile,
+                          overheads, videos_per_epoch) for s in members[c]]
+        memory = max((m for m, _ in member), key=lambda m: m.total)
+        timing = member[0][1] if len(member) == 1 else mean_time([t for _, t in member])
+        estimates.append(CandidateEstimate(candidate=c, memory=memory, time=timing))
+        report(len(results) + n, total)
+    return estimates
 
 
-def _member(store, step, candidate, kind, profile, overheads, videos) -> tuple[MemoryEstimate, TimeEstimate | None]:
-    step = step.canonical()
-    grad_bytes = store.at_batch(step, candidate.batch_per_gpu).grad_bytes
-    outside = {
-        "workspace": workspace_bytes(profile, overheads),
-        "context": context_bytes(profile, overheads),
-        "ddp": ddp_bytes(grad_bytes, candidate.world_size, overheads),
-        "nccl": nccl_bytes(candidate.world_size, overheads),
-    }
-    # What the caching allocator may hold on this device before cudaMalloc fails.
-    capacity = max(profile.memory_bytes - sum(v or 0 for v in outside.values()), 0)
-    result, flops = store.replayed(step, candidate.batch_per_gpu, candidate.accumulation, kind, capacity)
-    by = result.peak_by_category
+@dataclass(frozen=True)
+class Request:
+    """One allocator replay: a step at a batch size, with or without accumulated
+    gradients, on `world_size` ranks (DDP/NCCL memory changes the allocator's capacity)."""
+
+    step: StepSpec
+    batch: int
+    accumulation: int  # 1, or 2 standing for any number >= 2
+    world_size: int
+
+
+@dataclass(frozen=True)
+class Replayed:
+    result: ReplayResult
+    flops: float  # per micro-batch
+    grad_bytes: tuple[int, ...]
+
+
+def _member(done: Replayed, candidate, profile, overheads, videos) -> tuple[MemoryEstimate, TimeEstimate | None]:
+    by = done.result.peak_by_category
     memory = MemoryEstimate(
         parameters=by[PARAMETER],
         gradients=by[GRADIENT],
         optimizer_state=by[OPTIMIZER_STATE],
         activations=by[ACTIVATION] + by[INPUT] + by[STUB],
-        allocator_slack=result.reserved_peak - result.allocated_peak,
+        allocator_slack=done.result.reserved_peak - done.result.allocated_peak,
         source="estimated",
         calibration=overheads.label,
-        **outside,
+        **_outside(profile, overheads, done.grad_bytes, candidate.world_size),
     )
-    return memory, time_estimate(flops, candidate, profile, overheads, videos)
+    return memory, time_estimate(done.flops, candidate, profile, overheads, videos)
+
+
+def _outside(profile, overheads, grad_bytes, world_size) -> dict[str, int | None]:
+    """Device memory outside PyTorch's caching allocator."""
+    return {
+        "workspace": workspace_bytes(profile, overheads),
+        "context": context_bytes(profile, overheads),
+        "ddp": ddp_bytes(grad_bytes, world_size, overheads),
+        "nccl": nccl_bytes(world_size, overheads),
+    }
+
+
+def estimate_group(requests, store, profile, overheads, kind) -> dict[Request, Replayed]:
+    """Replays of one model spec's requests (traces from `store`: cache, else traced)."""
+    out = {}
+    for r in requests:
+        trace = store.at_batch(r.step, r.batch)
+        outside = _outside(profile, overheads, trace.grad_bytes, r.world_size)
+        # What the caching allocator may hold on this device before cudaMalloc fails.
+        capacity = max(profile.memory_bytes - sum(v or 0 for v in outside.values()), 0)
+        result = store.replayed(r.step, r.batch, r.accumulation, kind, capacity)
+        out[r] = Replayed(result, expanded_flops(trace), trace.grad_bytes)
+    return out
+
+
+def _run_groups(jobs, workload, cache, profile, overheads, kind, workers):
+    if workers <= 1:
+        store = TraceStore(workload, cache)
+        for job in jobs:
+            yield estimate_group(job, store, profile, overheads, kind)
+        return
+    context = multiprocessing.get_context("spawn")
+    finished: set[int] = set()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind): n
+                       for n, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                result = future.result()
+                finished.add(futures[future])
+                yield result
+    except BrokenProcessPool:  # a worker died (killed, out of memory): finish here
+        store = TraceStore(workload, cache)
+        for n, job in enumerate(jobs):
+            if n not in finished:
+                yield estimate_group(job, store, profile, overheads, kind)
+
+
+def _group_in_worker(job, workload, root, profile, overheads, kind):
+    return estimate_group(job, TraceStore(workload, TraceCache(root)), profile, overheads, kind)
+
+
+def _cost(group: set[Request]) -> float:
+    """Rough tracing + replay cost, to start the heaviest groups first."""
+    step = next(iter(group)).step
+    return len(group) * (4.0 if step.model.checkpointing.startswith("chunk") else 1.0) * step.model.fidelity.tr
 
 
 class TraceStore:
@@ -129,7 +202,7 @@ class TraceStore:
         self.workload = workload
         self.cache = cache
         self._tracer: Tracer | None = None
-        self._replays: dict[tuple, tuple[ReplayResult, float]] = {}
+        self._replays: dict[tuple, ReplayResult] = {}
         self._at_batch: dict[tuple[StepSpec, int], Trace] = {}
 
     def cached(self, step: StepSpec, batch: int) -> Trace | None:
@@ -144,31 +217,6 @@ class TraceStore:
             self.cache.put(trace_key(self.workload.key, step, batch), found)
         return found
 
-    def trace_all(self, jobs: list[tuple[StepSpec, int]], *, workers: int, progress: Callable[[int], None]) -> None:
-        groups: dict[object, list[tuple[StepSpec, int]]] = defaultdict(list)
-        for step, batch in jobs:
-            groups[step.model].append((step, batch))
-        done = 0
-        if workers <= 1:
-            for group in groups.values():
-                for step, batch in group:
-                    self.trace(step, batch)
-                    done += 1
-                    progress(done)
-            return
-        context = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-                futures = [pool.submit(_trace_group, self.workload, group) for group in groups.values()]
-                for future in as_completed(futures):
-                    for (step, batch), trace in future.result():
-                        self.cache.put(trace_key(self.workload.key, step, batch), trace)
-                        done += 1
-                    progress(done)
-        except BrokenProcessPool:  # a worker died (killed, out of memory): finish here
-            left = [job for job in jobs if self.cached(*job) is None]
-            self.trace_all(left, workers=1, progress=lambda n: progress(done + n))
-
     def at_batch(self, step: StepSpec, batch: int) -> Trace:
         """The trace at `batch`: extrapolated from the traced batch sizes, or traced."""
         key = (step, batch)
@@ -181,12 +229,11 @@ class TraceStore:
             self._at_batch = {key: trace}  # keep one: traces are large
         return self._at_batch[key]
 
-    def replayed(self, step: StepSpec, batch: int, accumulation: int, kind: str, capacity: int | None) -> tuple[ReplayResult, float]:
-        """(allocator result, FLOPs per micro-batch) of the steady state."""
+    def replayed(self, step: StepSpec, batch: int, accumulation: int, kind: str, capacity: int | None) -> ReplayResult:
+        """The allocator over the steady state at `batch`."""
         key = (step, batch, min(accumulation, 2), kind, capacity)
         if key not in self._replays:
-            trace = self.at_batch(step, batch)
-            self._replays[key] = (replay_steady(trace, accumulation, kind, capacity), expanded_flops(trace))
+            self._replays[key] = replay_steady(self.at_batch(step, batch), accumulation, kind, capacity)
         return self._replays[key]
 
 
@@ -224,11 +271,11 @@ def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | No
     )
 
 
-def _workers(requested: int | None, missing: int) -> int:
+def _workers(requested: int | None, groups: int) -> int:
     if requested is None:
         env = os.environ.get(WORKERS_ENV)
         requested = int(env) if env and env.isdigit() else min(2, os.cpu_count() or 1)
-    if missing < PARALLEL_MIN_TRACES or not _spawnable():
+    if groups < PARALLEL_MIN_GROUPS or not _spawnable():
         return 1
     return requested
 
@@ -242,8 +289,3 @@ def _spawnable() -> bool:
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
-
-
-def _trace_group(workload: Workload, group: list[tuple[StepSpec, int]]) -> list[tuple[tuple[StepSpec, int], Trace]]:
-    tracer = Tracer(workload)
-    return [((step, batch), tracer.trace(step, batch)) for step, batch in group]

@@ -21,6 +21,8 @@ from planner.errors import PlanFileError
 from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
+from planner.strict_json import Node as _Node
+from planner.strict_json import kind as _kind
 
 SCHEMA = "lofi.plan"
 VERSION = 1
@@ -217,6 +219,9 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; a plan is an ordinary file
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -304,89 +309,6 @@ def measurement_from_dict(document: Any, origin: str = "measurement") -> Measure
 
 def measurement_to_dict(measurement: Measurement) -> dict[str, Any]:
     return {f.name: getattr(measurement, f.name) for f in fields(measurement)}
-
-
-class _Node:
-    """A JSON value with its path, for messages such as `plan.json: chosen.tr: ...`."""
-
-    def __init__(self, value: Any, origin: str, path: str):
-        self.value, self.origin, self.path = value, origin, path
-        self.seen: set[str] = set()
-
-    def fail(self, key: str | None, message: str) -> PlanFileError:
-        where = ".".join(p for p in (self.path, key) if p)
-        return PlanFileError(f"{self.origin}: {where or 'top level'}: {message}")
-
-    def get(self, key: str) -> Any:
-        if not isinstance(self.value, dict):
-            raise self.fail(None, f"expected an object, got {type(self.value).__name__}")
-        if key not in self.value:
-            raise self.fail(key, "missing")
-        self.seen.add(key)
-        return self.value[key]
-
-    def child(self, key: str) -> _Node:
-        return _Node(self.get(key), self.origin, f"{self.path}.{key}" if self.path else key)
-
-    def obj(self, key: str) -> _Node:
-        node = self.child(key)
-        if not isinstance(node.value, dict):
-            raise self.fail(key, f"expected an object, got {_kind(node.value)}")
-        return node
-
-    def optional_obj(self, key: str) -> _Node | None:
-        return None if self.get(key) is None else self.obj(key)
-
-    def list(self, key: str) -> list[_Node]:
-        value = self.get(key)
-        if not isinstance(value, list):
-            raise self.fail(key, f"expected a list, got {_kind(value)}")
-        base = f"{self.path}.{key}" if self.path else key
-        return [_Node(item, self.origin, f"{base}[{i}]") for i, item in enumerate(value)]
-
-    def int(self, key: str, minimum: int = 0, optional: bool = False) -> Any:
-        value = self.get(key)
-        if optional and value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.fail(key, f"expected an integer >= {minimum}{' or null' if optional else ''}, got {value!r}")
-        return value
-
-    def float(self, key: str, optional: bool = False) -> Any:
-        value = self.get(key)
-        if optional and value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise self.fail(key, f"expected a number >= 0{' or null' if optional else ''}, got {value!r}")
-        return float(value)
-
-    def str(self, key: str, optional: bool = False) -> Any:
-        value = self.get(key)
-        if optional and value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(key, f"expected a string{' or null' if optional else ''}, got {value!r}")
-        return value
-
-    def bool(self, key: str) -> bool:
-        value = self.get(key)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
-        return value
-
-    def value_str(self) -> str:
-        if not isinstance(self.value, str):
-            raise self.fail(None, f"expected a string, got {self.value!r}")
-        return self.value
-
-    def done(self) -> None:
-        unknown = sorted(set(self.value) - self.seen)
-        if unknown:
-            raise self.fail(None, f"unknown key(s) {', '.join(unknown)}")
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _fidelity_dict(fidelity: Fidelity) -> dict[str, int]:

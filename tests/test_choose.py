@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from planner.candidate import Candidate
 from planner.choose import (
     NothingFits,
     rank_candidates,
@@ -17,7 +16,7 @@ from planner.choose import (
     usable_bytes,
 )
 from planner.errors import NothingFitsError, PlannerError
-from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.estimates import CandidateEstimate
 from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec
 from planner.profiles import get_profile

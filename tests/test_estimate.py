@@ -142,13 +142,14 @@ def test_trace_cache_round_trip_and_invalidation(tmp_path, workload):
 def test_grid_traces_each_step_once_and_reuses_the_disk_cache(tmp_path, workload):
     candidates = [candidate(batch=b, precision=p) for b in (1, 2, 4, 8) for p in ("fp32", "fp16", "bf16")]
     calls = []
-    estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path), progress=lambda d, t: calls.append((d, t)))
-    assert len(list(tmp_path.glob("*.npz"))) == 2 * len(TRACE_BATCHES)  # fp32 and fp16 (= bf16)
-    assert calls[-1][0] == calls[-1][1] == len(candidates) + 2 * len(TRACE_BATCHES)
-    calls.clear()
-    again = estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path), progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (len(candidates), len(candidates))  # nothing left to trace
-    assert len(again) == len(candidates)
+    first = estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path), progress=lambda d, t: calls.append((d, t)))
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")}
+    assert len(files) == 2 * len(TRACE_BATCHES)  # fp32 and fp16 (= bf16), at the traced batch sizes
+    assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] > len(candidates)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    again = estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path))
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")} == files  # read, not traced again
+    assert [e.memory for e in again] == [e.memory for e in first]
 
 
 def test_overheads_file_is_strict(tmp_path):

@@ -6,22 +6,19 @@ import json
 
 import pytest
 
-from planner.choose import rank_candidates, usable_bytes
 from planner.errors import PlanFileError
-from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET
+from planner.fidelity import C_LOFI_CYCLE
 from planner.plan_file import (
     SCHEMA,
     VERSION,
     Measurement,
     load_plan,
     plan_from_dict,
-    plan_from_ranking,
     plan_to_dict,
     save_plan,
 )
-from planner.profiles import get_profile
-from planner.quality import load_evidence
 from plan_helpers import make_plan
+
 
 def test_round_trip_keeps_everything_the_trainer_needs(tmp_path):
     plan = make_plan(measured={1: Measurement(oom=False, max_allocated_bytes=10, max_reserved_bytes=12, nvml_used_bytes=20, step_seconds=0.5, device="NVIDIA H100 80GB HBM3")})

@@ -3,6 +3,7 @@ hardware you name), why, and what it costs; writes plan.json for `lofi train`.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,7 +74,6 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     usable = usable_bytes(profile, margin)
     videos_per_epoch, dataset = _dataset_size(videos, annotations)
     candidates = build_grid(spec, profile)
-    out_console = err_console if as_json else console
     for notice in target.notices:
         err_console.print(f"[yellow]note:[/] {notice}", highlight=False)
     if measure and not target.detected:
@@ -93,7 +93,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
                 videos_per_epoch=videos_per_epoch, dataset=dataset, entries=entries_from_ranking(ranking),
                 why=None, show_all=show_all,
             )
-            render_report(report, out_console)
+            render_report(report, console)
         require_choice(ranking, profile, spec)  # raises NothingFits: exit code 3
 
     measured = {}
@@ -109,7 +109,8 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         click.echo(json.dumps(plan_to_dict(result), indent=2))
         err_console.print(f"wrote {path}", highlight=False)
         return
-    render_report(report_from_plan(result, show_all=show_all), console)
+    report = report_from_plan(result, show_all=show_all)
+    render_report(dataclasses.replace(report, notices=()), console)  # notices went to stderr already
     console.print(f"Wrote [bold]{path}[/] (what `lofi train` reads).", highlight=False)
 
 

@@ -196,8 +196,9 @@ def _verdict(entry: PlanEntry) -> Text:
 
 def _winner(report: Report, entry: PlanEntry) -> Panel:
     c = entry.candidate
+    unit = "GPU" if report.hardware.kind == "gpu" else "process"
     title = (
-        f"{fidelity_name(c)} · {c.backbone} · {_HEADS.get(c.head, c.head)} · batch {c.batch_per_gpu} per GPU"
+        f"{fidelity_name(c)} · {c.backbone} · {_HEADS.get(c.head, c.head)} · batch {c.batch_per_gpu} per {unit}"
         f"{f' × {c.accumulation} accumulation steps' if c.accumulation > 1 else ''} · {c.precision} · "
         f"checkpointing {c.checkpointing} · {c.optimizer}"
     )
@@ -232,7 +233,7 @@ def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
         share = round(BAR_WIDTH * 2 * value / max(memory.total, 1))
         table.add_row(name, f"{value / GIB:.2f}", Text("█" * share, style="cyan"))
     table.add_row(
-        Text("total per GPU", style="bold"),
+        Text("total per " + ("GPU" if report.hardware.kind == "gpu" else "process"), style="bold"),
         Text(f"{memory.total / GIB:.2f}", style="bold"),
         Text(f"of {report.usable_bytes / GIB:.1f} usable ({report.hardware.memory_bytes / GIB:.1f} capacity)"),
     )

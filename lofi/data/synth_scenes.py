@@ -40,8 +40,8 @@ ACTION_HEADING_JITTER = math.radians(4.0)  # per-frame wobble of the actor's hea
 DRIFT_SPREAD = 0.3  # drift headings: midway between classes +- this fraction of half a gap
 DRIFT_SECONDS = (1.5, 5.0)  # how long a drift or jitter bout lasts
 JITTER_PROBABILITY = 0.0  # a bout is a jitter (random walk) rather than a drift
-RADIUS_RANGE = (0.075, 0.1)  # token radius, widths
-DISTRACTORS = (1, 3)  # fewest and most look-alike tokens besides the actor
+RADIUS_RANGE = (0.09, 0.12)  # token radius, widths
+DISTRACTORS = (0, 2)  # fewest and most look-alike tokens besides the actor
 PAN_SPEED_RANGE = (0.015, 0.04)  # background pan, widths / s
 CHUNK_FRAMES = 64  # frames rendered at once (bounds memory at large sizes)
 

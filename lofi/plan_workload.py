@@ -8,7 +8,12 @@ T = TR (PAPER.md: "When TR < 100, the anchors of the head are all pairs"). Optim
 SGD, momentum 0, weight decay 1e-4 (the paper), or the other `planner.candidate`
 optimizers (`planner.workload.sgd_or_adam`). BatchNorm is frozen (`build_encoder`'s
 default). The planner drives the step (autocast, backward, optimizer step, zero_grad;
-see `planner.workload`): the trainer must run the same step.
+see `planner.workload`): the trainer must run the same step. (`lofi.train.lofi_stage`
+computes the loss after leaving autocast; `tal_loss` casts the head's outputs to
+float32 first, so the same ops run either way.)
+
+The workload's key carries a hash of the model and loss sources (lofi/models/*.py and
+this file), so cached traces are not reused after the model changes.
 
 Tracing `chunk:K` fast: a chunked encoder runs the same segment B*TR/K times, and
 tracing every chunk would cost seconds per candidate. While the planner traces (a
@@ -24,7 +29,9 @@ own code path; tests/test_plan_workload.py checks the expanded trace against a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,7 +45,7 @@ from lofi.models.losses import tal_loss
 from planner.trace import active_recorder
 from planner.workload import ModelSpec, StepSpec, sgd_or_adam
 
-WORKLOAD_KEY = "lofi-tal/1"  # bump when the model, loss or inputs change (trace cache key)
+WORKLOAD_NAME = "lofi-tal/1"  # bump when the inputs or the step change (trace cache key)
 REAL_CHUNKS = 3  # chunks traced for real; the others are synthesized from the middle one
 
 
@@ -63,11 +70,22 @@ class LofiBatch:
     mask: Tensor  # (T, T) bool, valid anchors
 
 
+def _source_key() -> str:
+    """WORKLOAD_NAME + a hash of the sources that define the traced step."""
+    here = Path(__file__).resolve()
+    files = sorted((here.parent / "models").glob("*.py")) + [here]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{WORKLOAD_NAME}+{digest.hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class LofiWorkload:
     """The planner's view of `lofi train`'s end-to-end step."""
 
-    key: str = WORKLOAD_KEY
+    key: str = field(default_factory=_source_key)
 
     def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
         encoder = build_encoder(spec.backbone, device=device)

@@ -39,6 +39,8 @@ from bisect import bisect_left, insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 MIN_BLOCK = 512  # kMinBlockSize
 SMALL_SIZE = 1 << 20  # kSmallSize: largest "small" allocation, 1 MiB
 SMALL_BUFFER = 2 << 20  # kSmallBuffer: small-pool segments, 2 MiB
@@ -182,37 +184,118 @@ def replay(
     *,
     kind: str = "cuda",
     capacity: int | None = None,
+    small_pool: str = "exact",
 ) -> ReplayResult:
     """Replay events (op ALLOC/FREE, block id, bytes, category) through the allocator;
     `capacity`: bytes the allocator may hold (None: unlimited).
 
+    `small_pool="packed"` (fast): the large pool is replayed exactly and the small pool,
+    which never shares a block with it and always hands out exactly the rounded size, as
+    a running sum of rounded sizes; its reserved bytes are estimated as its peak rounded
+    up to 2 MiB segments plus one (within a few MiB of the exact replay, see
+    tests/test_trace.py). About 60% of a training step's allocations are small.
+
     An ALLOC of an id that is live, or a FREE of an id that is not, is a ValueError:
     a malformed event stream is a bug in whoever produced it."""
     if kind == "plain":
-        return _replay_plain(ops, ids, sizes, categories, capacity)
+        return _replay_plain(*(x.tolist() if isinstance(x, np.ndarray) else x for x in (ops, ids, sizes, categories)),
+                             capacity)
     if kind != "cuda":
         raise ValueError(f"allocator kind must be 'cuda' or 'plain', got {kind!r}")
+    if small_pool == "packed":
+        packed = _replay_packed(ops, ids, sizes, categories, capacity)
+        if packed is not None:
+            return packed
+    elif small_pool != "exact":
+        raise ValueError(f"small_pool must be 'exact' or 'packed', got {small_pool!r}")
+    ops, ids, sizes, categories = (list(x) if not isinstance(x, np.ndarray) else x.tolist()
+                                   for x in (ops, ids, sizes, categories))
     model = CachingAllocatorModel(capacity)
-    live: dict[int, tuple[_Block, int]] = {}
-    by_cat = [0] * N_CATEGORIES
-    peak, peak_event, peak_cats = 0, -1, tuple(by_cat)
-    malloc, free, pop = model.malloc, model.free, live.pop
-    for index, (op, ident, nbytes, cat) in enumerate(zip(ops, ids, sizes, categories)):
+    live: dict[int, _Block] = {}
+    held: list[int] = []  # block bytes handed out, per allocation
+    peak, peak_event = 0, -1
+    malloc, free, pop, hold = model.malloc, model.free, live.pop, held.append
+    for index, (op, ident, nbytes) in enumerate(zip(ops, ids, sizes)):
         if op == ALLOC:
             if ident in live:
                 raise ValueError(f"event {index}: allocation of live block {ident}")
-            block = malloc(nbytes)
-            live[ident] = (block, cat)
-            by_cat[cat] += block.size
+            block = live[ident] = malloc(nbytes)
+            hold(block.size)
             if model.allocated > peak:
-                peak, peak_event, peak_cats = model.allocated, index, tuple(by_cat)
+                peak, peak_event = model.allocated, index
         else:
-            entry = pop(ident, None)
-            if entry is None:
+            block = pop(ident, None)
+            if block is None:
                 raise ValueError(f"event {index}: free of unknown block {ident}")
-            by_cat[entry[1]] -= entry[0].size
-            free(entry[0])
-    return ReplayResult(peak, model.reserved_peak, peak_cats, peak_event, model.segments, model.oom, model.released)
+            free(block)
+    by_category = _live_by_category(ops, ids, categories, held, peak_event)
+    return ReplayResult(peak, model.reserved_peak, by_category, peak_event, model.segments, model.oom, model.released)
+
+
+def _replay_packed(ops, ids, sizes, categories, capacity) -> ReplayResult | None:
+    """The "packed" small pool (see `replay`); None where it does not apply (ids used
+    twice, capacity within reach): the caller replays exactly."""
+    ops_a, ids_a = np.asarray(ops), np.asarray(ids)
+    allocs = np.flatnonzero(ops_a == ALLOC)
+    if len(allocs) == 0 or len(np.unique(ids_a[allocs])) != len(allocs):
+        return None
+    rounded = np.maximum(MIN_BLOCK, (np.asarray(sizes)[allocs] + MIN_BLOCK - 1) // MIN_BLOCK * MIN_BLOCK)
+    by_id = np.full(int(ids_a.max()) + 1, -1, dtype=np.int64)
+    by_id[ids_a[allocs]] = np.arange(len(allocs))
+    ordinal = by_id[ids_a]  # (E,) which allocation each event names
+    if np.any(ordinal < 0):
+        return None  # a free of an unknown block: let the exact replay report it
+    small = rounded[ordinal] <= SMALL_SIZE  # (E,)
+    sign = np.where(ops_a == ALLOC, 1, -1)
+    small_now = np.cumsum(np.where(small, sign * rounded[ordinal], 0))  # (E,) small pool allocated
+    small_reserved = (-(-int(small_now.max(initial=0)) // SMALL_BUFFER) + 1) * SMALL_BUFFER
+    model = CachingAllocatorModel(None)
+    large = np.flatnonzero(~small)
+    held = rounded.tolist()
+    large_now = np.zeros(len(ops_a), dtype=np.int64)
+    live: dict[int, _Block] = {}
+    after: list[int] = []
+    malloc, free, pop, note = model.malloc, model.free, live.pop, after.append
+    for op, ident, k in zip(ops_a[large].tolist(), ids_a[large].tolist(), ordinal[large].tolist()):
+        if op == ALLOC:
+            if ident in live:
+                raise ValueError(f"allocation of live block {ident}")
+            block = live[ident] = malloc(held[k])
+            held[k] = block.size
+        else:
+            free(pop(ident))
+        note(model.allocated)
+    large_now[large] = after
+    # carry the large pool's allocated bytes forward to the events in between
+    last = np.maximum.accumulate(np.where(~small, np.arange(len(ops_a)), -1))
+    total = np.where(last >= 0, large_now[np.maximum(last, 0)], 0) + small_now
+    peak_event = int(np.argmax(total))
+    reserved = model.reserved_peak + small_reserved
+    if capacity is not None and reserved > capacity:
+        return None
+    return ReplayResult(
+        allocated_peak=int(total[peak_event]),
+        reserved_peak=reserved,
+        peak_by_category=_live_by_category(ops, ids, categories, held, peak_event),
+        peak_event=peak_event,
+        segments=model.segments + small_reserved // SMALL_BUFFER,
+    )
+
+
+def _live_by_category(ops, ids, categories, held, at: int) -> tuple[int, ...]:
+    """Bytes of the blocks live just after event `at`, per category: the allocations
+    that are the last event of their id up to `at` (vectorized)."""
+    if at < 0:
+        return (0,) * N_CATEGORIES
+    ops_a, ids_a = np.asarray(ops[: at + 1]), np.asarray(ids[: at + 1])
+    _, first_from_end = np.unique(ids_a[::-1], return_index=True)
+    last = at - first_from_end  # (blocks,) last event of each id
+    last = last[ops_a[last] == ALLOC]
+    allocs = np.flatnonzero(ops_a == ALLOC)
+    ordinal = np.searchsorted(allocs, last)  # which allocation, in `held` order
+    sums = np.bincount(np.asarray(categories[: at + 1])[last], weights=np.asarray(held)[ordinal],
+                       minlength=N_CATEGORIES)
+    return tuple(int(x) for x in sums[:N_CATEGORIES])
 
 
 def _replay_plain(ops, ids, sizes, categories, capacity) -> ReplayResult:

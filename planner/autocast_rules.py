@@ -104,19 +104,18 @@ BANNED_MESSAGE = (
 LOWER_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+POLICIES: dict[str, str] = {
+    **dict.fromkeys(LOWER_PRECISION, "lower"),
+    **dict.fromkeys(FP32, "fp32"),
+    **dict.fromkeys(FP32_SET_OPT_DTYPE, "fp32_set_opt_dtype"),
+    **dict.fromkeys(PROMOTE, "promote"),
+    **dict.fromkeys(BANNED, "banned"),
+}
+
+
 def policy_of(name: str) -> str | None:
     """The autocast policy of a Python-level function name, or None (runs as is)."""
-    if name in LOWER_PRECISION:
-        return "lower"
-    if name in FP32:
-        return "fp32"
-    if name in FP32_SET_OPT_DTYPE:
-        return "fp32_set_opt_dtype"
-    if name in PROMOTE:
-        return "promote"
-    if name in BANNED:
-        return "banned"
-    return None
+    return POLICIES.get(name)
 
 
 class AutocastBannedError(RuntimeError):
@@ -156,9 +155,8 @@ class CudaAutocastEmulation(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        policy = policy_of(name) if self._active() else None
-        if policy is None or "out" in kwargs or name.endswith("_") and not name.endswith("__"):
+        policy = POLICIES.get(getattr(func, "__name__", ""))
+        if policy is None or "out" in kwargs or not self._active():
             return func(*args, **kwargs)
         if policy == "banned":
             raise AutocastBannedError(BANNED_MESSAGE)

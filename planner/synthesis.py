@@ -157,13 +157,12 @@ def extrapolate(first: Trace, second: Trace, batch_size: int) -> Trace:
     if np.any(sizes < 0):
         raise StructureMismatch(f"negative sizes extrapolating to batch {batch_size}")
     units = (second.stub_units - first.stub_units) * (batch_size - b1)
-    if units % (b2 - b1):
+    if units % (b2 - b1) or first.stub_units + units // (b2 - b1) < 0:
         raise StructureMismatch(f"skipped work is not affine in the batch size between {b1} and {b2}")
     t = (batch_size - b1) / (b2 - b1)
     flops = tuple((name, a + (b - a) * t) for (name, a), (_, b) in zip(first.flops, second.flops))
     return Trace(first.ops, first.ids, sizes, first.categories, first.marks, flops, first.grad_bytes,
                  first.carry, batch_size, first.stub_units + units // (b2 - b1), first.units_per_period)
-
 
 
 def expand_periods(trace: Trace) -> Trace:

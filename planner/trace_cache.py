@@ -1,7 +1,8 @@
 """Traces on disk, so that planning the same grid again (another target GPU, another
 number of GPUs) traces nothing. One .npz file per trace, named by a hash of everything
 the trace depends on: the workload's key, the step (model spec, precision, optimizer,
-target), the batch size, the torch version and the trace format. Writes are atomic
+target), the batch size, the torch version, the trace format and a hash of the tracing
+code itself (so a changed tracer never reads old traces). Writes are atomic
 (temporary file in the same folder, fsync, os.replace); a file that cannot be read, or
 whose stored key differs, is ignored (and replaced by the next write).
 
@@ -15,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +50,18 @@ def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:
         "batch": batch_size,
         "torch": torch.__version__,
         "format": TRACE_FORMAT,
+        "tracer": _tracer_source_hash(),
     }
     return json.dumps(parts, sort_keys=True)
+
+
+@lru_cache(maxsize=1)
+def _tracer_source_hash() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in ("trace.py", "tracer.py", "meta_kernels.py", "autocast_rules.py", "workload.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class TraceCache:
@@ -71,6 +83,11 @@ class TraceCache:
         if self.root is None:
             return None
         return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"
+
+    def has(self, key: str) -> bool:
+        """Whether a trace for `key` is in memory or on disk (not read)."""
+        path = self.path(key)
+        return key in self._memory or (path is not None and path.is_file())
 
     def get(self, key: str) -> Trace | None:
         if key in self._memory:

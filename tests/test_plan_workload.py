@@ -13,7 +13,8 @@ from planner.allocator import replay
 from planner.autocast_rules import CudaAutocastEmulation
 from planner.fidelity import T_LOFI, Fidelity
 from planner.synthesis import expand_periods, extrapolate, steady_state
-from planner.trace import ACTIVATION, INPUT, Tracer
+from planner.trace import ACTIVATION, INPUT
+from planner.tracer import Tracer
 from planner.workload import ModelSpec, StepSpec
 
 TINY = Fidelity(8, 32, 2)  # TR=8 snippets of 2 frames at 32x32
@@ -63,6 +64,16 @@ def test_batch_extrapolation_within_one_percent(tracers, policy):
 def test_bmn_head_traces(tracers):
     trace = tracers[0].trace(step(head="bmn"), 2)
     assert trace.total_flops > 0 and replayed(trace).allocated_peak > 0
+
+
+def test_batch_is_counted_as_input(tracers):
+    from planner.allocator import ALLOC
+
+    trace = tracers[0].trace(step(), 2)
+    inputs = int(trace.sizes[(trace.ops == ALLOC) & (trace.categories == INPUT)].sum())
+    t, f, sr = TINY.tr, TINY.frames_per_snippet, TINY.sr
+    clips, targets, mask = 2 * t * f * 3 * sr * sr, 4 * (2 * t + 2 * t + 2 * t * t), t * t
+    assert inputs == clips + targets + mask
 
 
 def test_chunk_runner_is_the_encoder_forward_outside_tracing():

@@ -17,6 +17,7 @@ from lofi.cli import main
 from lofi.cli.data_synth_cmd import DEFAULTS
 from lofi.data.annotations import load_annotations
 from lofi.data.synth import (
+    MIN_INSTANCE_SECONDS,
     SynthConfig,
     SynthPaths,
     action_mask,
@@ -75,7 +76,7 @@ def test_annotations_are_activitynet_and_consistent(small):
         assert all(item["label"] in names for item in entry["annotations"])
         ends = [0.0] + [x for segment in segments for x in segment] + [entry["duration"]]
         assert ends == sorted(ends), f"{video_id}: segments overlap or leave the video"
-        assert all(b - a >= 2.0 for a, b in segments)
+        assert all(b - a >= MIN_INSTANCE_SECONDS for a, b in segments)
         # Segment bounds are frame boundaries.
         assert all(abs(x * SMALL.fps - round(x * SMALL.fps)) < 1e-6 for seg in segments for x in seg)
     # The project's own loader accepts the file as it is.
@@ -152,7 +153,7 @@ def test_render_shape_and_determinism():
 def test_segments_are_disjoint_long_enough_and_inside(frames, fps, max_instances, seed):
     segments = sample_segments(np.random.default_rng(seed), frames, fps, max_instances)
     assert 1 <= len(segments) <= max_instances
-    min_len = max(2, round(2.0 * fps))
+    min_len = max(2, round(MIN_INSTANCE_SECONDS * fps))
     for a, b in segments:
         assert 0 <= a and b <= frames and b - a >= min(min_len, frames)
     for (_, end), (start, _) in zip(segments, segments[1:]):
@@ -169,8 +170,9 @@ def test_plan_balances_classes_and_splits_every_class():
 
 
 def test_class_names_are_compass_directions():
-    assert [class_name(i, 4) for i in range(4)] == ["slide_right", "slide_up", "slide_left", "slide_down"]
-    assert class_name(1, 3) == "slide_120deg"
+    assert [class_name(i, 4) for i in range(4)] == [
+        "slide_right", "slide_up_right", "slide_up", "slide_up_left"]
+    assert [class_name(i, 3) for i in range(3)] == ["slide_right", "slide_060deg", "slide_120deg"]
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -179,6 +181,12 @@ def test_class_names_are_compass_directions():
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(OptionError, match=f"{field}={value!r}"):
+        replace(SynthConfig(), **{field: value}).validate()
+
+
+@pytest.mark.parametrize(("field", "value"), [("videos", 2.5), ("size", True), ("fps", "8")])
+def test_config_types_are_checked(field, value):
+    with pytest.raises(OptionError, match=f"{field}={value!r} must be"):
         replace(SynthConfig(), **{field: value}).validate()
 
 
@@ -200,7 +208,7 @@ def test_cli_writes_a_dataset_and_summarises_it(tmp_path):
             "--min-duration", "4", "--max-duration", "6"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "slide_right, slide_left" in result.output
+    assert "slide_right, slide_up" in result.output
     summary = describe(SynthPaths.under(out))
     assert summary.videos == 3 and summary.training + summary.validation == 3
     # A second run into the same folder needs --force; with it, the folder is rewritten.

@@ -27,17 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+from lofi.data.synth_scenes import class_heading
 from lofi.errors import InputFileError, OptionError
 from lofi.io_atomic import atomic_write_json
 
 GENERATOR_VERSION = 1  # bump when the output for a given config changes
-MIN_INSTANCE_SECONDS = 2.0
+MIN_INSTANCE_SECONDS = 3.0
 MIN_GAP_SECONDS = 1.0
 COVERAGE = (0.2, 0.8)  # fraction of a video covered by its instances
-LENGTH_CONCENTRATION = 0.6  # Dirichlet alpha of instance lengths: < 1 -> widely varying
-SCORE_MARGIN = 2.0  # classification logit of the true class over N(0, 1) noise
-_COMPASS = {0: "right", 45: "up_right", 90: "up", 135: "up_left", 180: "left",
-            225: "down_left", 270: "down", 315: "down_right"}
+LENGTH_CONCENTRATION = 1.0  # Dirichlet alpha of instance lengths (1: uniform shares)
+KEYFRAME_SECONDS = 4.0  # a keyframe this often, for seeking readers
+SCORE_MARGIN = 2.5  # classification logit of the true class over N(0, 1) noise
+_COMPASS = {0: "right", 45: "up_right", 90: "up", 135: "up_left"}
 
 Progress = Callable[[int, int], None]  # (videos done, videos in all)
 
@@ -57,9 +58,17 @@ class SynthConfig:
 
     def validate(self) -> SynthConfig:
         """Raise OptionError naming the field and value when the config cannot work."""
+        for name in ("videos", "classes", "seed", "size", "max_instances", "crf"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise OptionError(f"synthetic data: {name}={value!r} must be an integer")
+        for name in ("fps", "min_duration", "max_duration", "train_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise OptionError(f"synthetic data: {name}={value!r} must be a number")
         checks = [
             ("videos", 2 <= self.videos <= 100_000, "an integer from 2 to 100000"),
-            ("classes", 2 <= self.classes <= 6, "from 2 to 6 (headings at least 60 deg apart)"),
+            ("classes", 2 <= self.classes <= 6, "from 2 to 6 (headings at least 30 deg apart)"),
             ("size", 16 <= self.size <= 512 and self.size % 2 == 0,
              "an even number of pixels from 16 to 512 (H.264 4:2:0 needs even sizes)"),
             ("fps", 4 <= self.fps <= 60, "from 4 to 60 frames per second"),
@@ -113,9 +122,9 @@ class SynthVideo:
 
 
 def class_name(index: int, classes: int) -> str:
-    """Name of class `index`: the compass direction it slides in (0 = right, then
-    counter-clockwise), e.g. "slide_right", "slide_up", or "slide_120deg"."""
-    degrees = 360 * index / classes
+    """Name of class `index`: the direction it slides in (`synth_scenes.class_heading`,
+    0 = right, counter-clockwise over half a turn), e.g. "slide_up" or "slide_060deg"."""
+    degrees = round(math.degrees(class_heading(index, classes)), 6)
     if degrees == int(degrees) and int(degrees) in _COMPASS:
         return f"slide_{_COMPASS[int(degrees)]}"
     return f"slide_{round(degrees):03d}deg"
@@ -149,8 +158,9 @@ def plan_dataset(config: SynthConfig) -> tuple[SynthVideo, ...]:
 
 
 def _validation_set(classes: np.ndarray, config: SynthConfig) -> set[int]:
-    """Indices of validation videos: dealt round-robin over classes so every class
-    with two or more videos is in both subsets."""
+    """Indices of validation videos: dealt round-robin over the classes (videos of a
+    class in a seeded order), so validation covers the classes evenly; with at least
+    as many validation videos as classes, every class is in it."""
     count = min(len(classes) - 1, max(1, round(len(classes) * (1 - config.train_fraction))))
     rank = np.zeros(len(classes), dtype=int)  # position of a video within its class
     seen: dict[int, int] = {}
@@ -167,9 +177,10 @@ def sample_segments(
     rng: np.random.Generator, frames: int, fps: float, max_instances: int,
 ) -> tuple[tuple[int, int], ...]:
     """1..max_instances disjoint [start, end) frame ranges of widely varying length
-    (Dirichlet split of a random coverage), at least MIN_INSTANCE_SECONDS long and
-    MIN_GAP_SECONDS apart; fewer instances when the video is too short for them."""
-    min_len = max(2, round(MIN_INSTANCE_SECONDS * fps))
+    (Dirichlet split of a random coverage), at least MIN_INSTANCE_SECONDS long (or the
+    whole video, if shorter) and MIN_GAP_SECONDS apart; fewer instances when the video
+    is too short for them."""
+    min_len = min(frames, max(2, round(MIN_INSTANCE_SECONDS * fps)))
     min_gap = max(1, round(MIN_GAP_SECONDS * fps))
     count = int(rng.integers(1, max_instances + 1))
     while count > 1 and count * min_len + (count - 1) * min_gap > COVERAGE[1] * frames:
@@ -243,20 +254,22 @@ def classification_document(videos: tuple[SynthVideo, ...], config: SynthConfig)
 def generate(out_dir: str | os.PathLike, config: SynthConfig, progress: Progress | None = None,
              *, overwrite: bool = False) -> SynthPaths:
     """Write the dataset into `out_dir` (created if missing). A non-empty `out_dir` is
-    an OptionError unless `overwrite`; then videos a previous synthetic dataset there
-    listed but this one does not are removed. manifest.json is written last."""
+    an OptionError unless `overwrite`; then the videos that a previous synthetic dataset
+    there listed are removed first. manifest.json is written last. `progress(done,
+    total)` is called after each video."""
     from lofi.data.synth_scenes import plan_scene, render
-    from lofi.data.video_writer import write_video
+    from lofi.data.video_writer import write_video  # imports av
 
     config.validate()
     paths = SynthPaths.under(out_dir)
     _prepare(paths, overwrite)
     videos = plan_dataset(config)
     for done, video in enumerate(videos, start=1):
-        scene = plan_scene(video_rng(config, video.index, "scene"), video.frames, config.fps, action_mask(video),
-                           video.class_index, config.classes)
+        scene = plan_scene(video_rng(config, video.index, "scene"), video.frames, config.fps,
+                           action_mask(video), video.class_index, config.classes)
         write_video(paths.videos_dir / f"{video.video_id}.mp4", render(scene, config.size),
-                    config.fps, crf=config.crf, preset="veryfast", keyframe_interval=max(1, round(4 * config.fps)))
+                    config.fps, crf=config.crf, preset="veryfast",
+                    keyframe_interval=max(1, round(KEYFRAME_SECONDS * config.fps)))
         if progress is not None:
             progress(done, len(videos))
     atomic_write_json(paths.annotations, annotation_document(videos, config))

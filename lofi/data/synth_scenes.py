@@ -1,24 +1,26 @@
 """Scenes of the synthetic dataset: what moves where (pure planning from a random
 generator) and how it looks (vectorised numpy rendering). No I/O.
 
-A scene is a textured background that pans slowly, plus 2-4 look-alike "tokens" (a disc
-with a stripe) that wander on the frame, which is a torus: what leaves on the right
+A scene is a textured background that pans slowly plus 1-3 look-alike "tokens" (a disc
+with a stripe) that glide over the frame, which is a torus: what leaves on the right
 comes back on the left. All tokens are drawn from the same palette and sizes, so the
 actor cannot be told from a distractor by its looks.
 
-Actions are defined by the direction of steady motion only:
-- class c: the actor glides steadily along heading `class_heading(c, K)` (evenly spaced
-  headings, 0 deg = right, counter-clockwise, as on a compass seen on screen).
-- outside its actions the actor, and every distractor, is busy doing something that looks
-  like an action: it glides at the same speed along headings midway between the class
-  headings ("drift", the look-alike), changing heading every few seconds, and sometimes
-  jitters in place (a random walk with the same per-frame step). Some distractors rest.
-So the motion energy is the same inside and outside actions; only the heading tells
-them apart. Averaged over a snippet, a frame-level feature sees the same token at
-similar positions either way; a temporal model sees which way it went.
+Actions are defined by the direction of time, nothing else:
+- class c: the actor glides steadily along heading `class_heading(c, K)`; the K class
+  headings are spread over half a turn (0 = right, then counter-clockwise).
+- outside its actions the actor, and every moving distractor, glides at the same speed
+  along the *reverse* of a class heading (another random one every 1.5-5 s). Each
+  look-alike is an action played backwards; some distractors rest.
+So a frame, and the set of frames of a snippet, looks the same inside and outside an
+action (same token, same speed, same kind of path): a feature that averages frames
+without an order, such as a frozen random encoder's, carries little to tell them apart,
+while an encoder trained through the temporal shift learns which way things move.
 
-Units: positions in frame widths on the unit torus, speeds in widths per second,
-angles in radians; `render` maps them to pixels for any frame size.
+Speeds stay below half a frame width per second, so frames sampled up to 1 s apart (the
+trainer's stride of 8 frames at 8 fps) still show the direction without wrap-around
+aliasing. Units: positions in frame widths on the unit torus, speeds in widths per
+second, angles in radians; `render` maps them to pixels for any frame size.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ PALETTE = np.array([
 STRIPES = np.array([[0.97, 0.97, 0.97], [0.08, 0.08, 0.08]], dtype=np.float32)
 
 SPEED_RANGE = (0.15, 0.25)  # widths / s: < 0.5 width per second, so a 1 s gap never aliases
-ACTION_HEADING_JITTER = math.radians(4.0)  # per-frame wobble of the actor's heading
-DRIFT_SPREAD = 0.3  # drift headings: midway between classes +- this fraction of half a gap
-DRIFT_SECONDS = (1.5, 5.0)  # how long a drift or jitter bout lasts
-JITTER_PROBABILITY = 0.0  # a bout is a jitter (random walk) rather than a drift
+HEADING_WOBBLE = math.radians(4.0)  # per-frame noise of an action's heading, and per bout
+BOUT_SECONDS = (1.5, 5.0)  # how long a look-alike glides before it picks another heading
+RESTING = 0.25  # probability that a distractor rests (moves at a tenth of the speed)
 RADIUS_RANGE = (0.09, 0.12)  # token radius, widths
 DISTRACTORS = (0, 2)  # fewest and most look-alike tokens besides the actor
 PAN_SPEED_RANGE = (0.015, 0.04)  # background pan, widths / s
@@ -85,13 +86,13 @@ def plan_scene(
     class_index: int, classes: int,
 ) -> Scene:
     """A scene of `frames` frames whose actor performs class `class_index` on the frames
-    where `action` (N,) bool is True and looks busy elsewhere."""
+    where `action` (N,) bool is True and plays look-alikes elsewhere."""
     heading = class_heading(class_index, classes)
     actor = _token(rng, _path(rng, frames, fps, classes, action, heading))
     distractors = []
     for _ in range(int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))):
-        resting = rng.random() < 0.25
         never = np.zeros(frames, dtype=bool)
+        resting = bool(rng.random() < RESTING)
         distractors.append(_token(rng, _path(rng, frames, fps, classes, never, heading, resting)))
     tokens = [actor, *distractors]
     order = rng.permutation(len(tokens))
@@ -109,38 +110,28 @@ def _path(
     rng: np.random.Generator, frames: int, fps: float, classes: int, action: np.ndarray,
     heading: float, resting: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Centre (N, 2) and stripe angle (N,) of a token: drift/jitter bouts everywhere,
-    steady motion along `heading` where `action` is True on both ends of a step."""
-    step = rng.uniform(*SPEED_RANGE) / fps  # widths per frame
-    directions = _busy_directions(rng, frames, fps, classes)  # (N,) radians, NaN = jitter
-    jitter = np.isnan(directions)
-    directions[jitter] = rng.uniform(0.0, 2.0 * math.pi, int(jitter.sum()))
-    moving = action[:-1] & action[1:]  # step t -> t+1 lies inside an action
-    steps = np.ones(frames - 1) * step
-    directions = directions[:-1]
-    directions[moving] = heading + rng.normal(0.0, ACTION_HEADING_JITTER, int(moving.sum()))
-    if resting:
-        steps *= 0.1
-    velocity = steps[:, None] * np.stack([np.cos(directions), -np.sin(directions)], axis=1)
+    """Centre (N, 2) and stripe angle (N,) of a token: look-alike bouts everywhere,
+    steady motion along `heading` on every step t -> t+1 with both frames in `action`."""
+    step = rng.uniform(*SPEED_RANGE) / fps * (0.1 if resting else 1.0)  # widths per frame
+    directions = _lookalike_headings(rng, frames - 1, fps, classes)  # (N-1,) per step
+    moving = action[:-1] & action[1:]
+    directions[moving] = heading + rng.normal(0.0, HEADING_WOBBLE, int(moving.sum()))
+    velocity = step * np.stack([np.cos(directions), -np.sin(directions)], axis=1)  # y down
     start = rng.random(2)
     xy = np.concatenate([start[None], start + np.cumsum(velocity, axis=0)]) % 1.0  # (N, 2)
-    spin = rng.uniform(-1.0, 1.0) * math.pi / fps  # slow steady spin, any direction
+    spin = rng.uniform(-1.0, 1.0) * math.pi / fps  # stripe turns steadily, either way
     angle = rng.uniform(0, math.pi) + spin * np.arange(frames)
     return xy.astype(np.float32), angle.astype(np.float32)
 
 
-def _busy_directions(rng: np.random.Generator, frames: int, fps: float, classes: int) -> np.ndarray:
-    """Per-frame heading of the look-alike behaviour: bouts of steady drift along the
-    reverse of a random class heading, or NaN for a jitter bout."""
-    out = np.empty(frames)
+def _lookalike_headings(rng: np.random.Generator, steps: int, fps: float, classes: int) -> np.ndarray:
+    """(steps,) headings: bouts of BOUT_SECONDS along the reverse of a random class."""
+    out = np.empty(steps)
     start = 0
-    while start < frames:
-        length = max(1, int(round(rng.uniform(*DRIFT_SECONDS) * fps)))
-        if rng.random() < JITTER_PROBABILITY:
-            out[start:start + length] = np.nan
-        else:
-            reverse = class_heading(int(rng.integers(classes)), classes) + math.pi
-            out[start:start + length] = reverse + rng.normal(0.0, ACTION_HEADING_JITTER)
+    while start < steps:
+        length = max(1, int(round(rng.uniform(*BOUT_SECONDS) * fps)))
+        reverse = class_heading(int(rng.integers(classes)), classes) + math.pi
+        out[start:start + length] = reverse + rng.normal(0.0, HEADING_WOBBLE)
         start += length
     return out
 

@@ -22,6 +22,7 @@ leaves any previous `path` untouched.
 from __future__ import annotations
 
 import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def write_video(
         raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use one of {sorted(CONTAINERS)}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temp = Path(name)
     try:
         _encode(temp, muxer, frames, Fraction(fps).limit_denominator(1001), codec, crf,
                 preset, keyframe_interval, audio)
@@ -153,8 +156,8 @@ def _codec_options(codec: str, crf: int, preset: str, keyframe_interval: int | N
     # different files from run to run (PyAV 18.1 wheels; about one video in ten).
     params = ["threads=1", "no-mbtree=1"]
     if keyframe_interval is not None:
-        # "no-scenecut": x264's `scenecut=0` does not disable scene cuts, and with it the
-        # output varied from run to run in our tests (x264 in PyAV 18.1 wheels).
+        # "no-scenecut": otherwise x264 adds keyframes at scene cuts (and moves the
+        # regular ones), so keyframes would not fall exactly every `keyframe_interval`.
         params += [f"keyint={keyframe_interval}", f"min-keyint={keyframe_interval}", "no-scenecut=1"]
     return {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": ":".join(params)}
 

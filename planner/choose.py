@@ -83,14 +83,23 @@ def rank_candidates(
     usable: int,
     evidence: Sequence[Evidence],
     oom: Collection[Candidate] = (),
+    max_seconds_per_epoch: float | None = None,
 ) -> Ranking:
     """Rank every estimate; candidates in `oom` ran out of memory when measured for real
-    (`--measure`) and do not fit whatever their estimate says."""
+    (`--measure`) and do not fit whatever their estimate says. With a time budget,
+    candidates estimated slower than `max_seconds_per_epoch` do not fit either."""
     if not estimates:
         raise PlannerError("no candidates to rank")
+    if max_seconds_per_epoch is not None and not max_seconds_per_epoch > 0:
+        raise PlannerError(f"the time budget per epoch must be > 0, got {max_seconds_per_epoch}")
     qualities = rank_quality((e.candidate for e in estimates), evidence)
     quality = {id(e): qualities[config_key(e.candidate)] for e in estimates}
-    fit = {id(e): e.memory.total <= usable and e.candidate not in oom for e in estimates}
+
+    def too_slow(e: CandidateEstimate) -> bool:
+        return (max_seconds_per_epoch is not None and e.time is not None
+                and e.time.seconds_per_epoch > max_seconds_per_epoch)
+
+    fit = {id(e): e.memory.total <= usable and e.candidate not in oom and not too_slow(e) for e in estimates}
     fitting = sorted((e for e in estimates if fit[id(e)]), key=lambda e: (quality[id(e)].tier, _speed_key(e)))
     failing = sorted((e for e in estimates if not fit[id(e)]), key=lambda e: (quality[id(e)].tier, e.memory.total))
     winner = fitting[0] if fitting else None
@@ -101,8 +110,11 @@ def rank_candidates(
             reason = None
         elif estimate.candidate in oom:
             reason = f"does not fit: ran out of memory when measured (estimated {gib(estimate.memory.total)} GiB)"
-        elif not fits:
+        elif not fits and estimate.memory.total > usable:
             reason = f"does not fit: needs {gib(estimate.memory.total)} of {gib(usable)} GiB"
+        elif not fits:
+            reason = (f"too slow: {hours(estimate.time.seconds_per_epoch)} per epoch, "  # type: ignore[union-attr]
+                      f"over the budget of {hours(max_seconds_per_epoch)}")  # type: ignore[arg-type]
         elif quality[id(estimate)].tier == quality[id(winner)].tier:
             reason = _slower(estimate, winner)
         else:
@@ -117,6 +129,14 @@ def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None 
     """The chosen candidate, or NothingFits with the smallest requirement and the levers."""
     if ranking.chosen is not None:
         return ranking.chosen
+    in_memory = [r for r in ranking.ranked if r.total_bytes <= ranking.usable_bytes and r.estimate.time is not None
+                 and (r.reason or "").startswith("too slow")]
+    if in_memory:
+        fastest = min(in_memory, key=lambda r: r.estimate.time.seconds_per_epoch)  # type: ignore[union-attr]
+        message = (f"nothing fits the time budget: every candidate that fits in memory is estimated slower "
+                   f"({fastest.reason}); the fastest is {describe(fastest.candidate)}. Levers: a larger "
+                   "budget, fewer epochs' worth of videos, smaller TR or SR")
+        raise NothingFits(message, fastest.estimate, ranking.usable_bytes, ("a larger time budget",))
     smallest = min(ranking.ranked, key=lambda r: r.total_bytes).estimate
     found = levers(smallest.candidate, spec)
     message = (

@@ -111,3 +111,29 @@ def test_nothing_fits_exits_3_with_the_smallest_requirement_and_levers():
     assert "needs 40.0 GiB" in message and "28.8 GiB" in message
     for lever in ("--checkpointing", "--precision fp16", "--no-accumulation", "fewer snippets", "smaller SR"):
         assert lever in message
+
+
+def test_a_time_budget_rejects_slower_candidates_with_the_reason():
+    from planner.fidelity import T_LOFI
+
+    usable = usable_bytes(get_profile("v100-32gb"), 0.1)
+    slow_best = estimate(cand(FULL, batch=1, checkpointing="block"), 20.0, step_seconds=30.0)
+    fast = estimate(cand(T_LOFI, batch=2), 10.0, step_seconds=1.0)
+    budget = 3600.0  # fast: 9649 / 16 steps x 1 s = 10 min; slow: 5 h
+    ranking = rank_candidates([slow_best, fast], usable, load_evidence(), max_seconds_per_epoch=budget)
+    assert ranking.chosen.candidate == fast.candidate
+    rejected = next(r for r in ranking.ranked if r.candidate == slow_best.candidate)
+    assert not rejected.fits and rejected.reason.startswith("too slow")
+    without = rank_candidates([slow_best, fast], usable, load_evidence())
+    assert without.chosen.candidate == slow_best.candidate
+
+
+def test_nothing_within_the_time_budget_names_the_fastest():
+    from planner.fidelity import T_LOFI
+
+    usable = usable_bytes(get_profile("v100-32gb"), 0.1)
+    fast = estimate(cand(T_LOFI, batch=2), 10.0, step_seconds=1.0)
+    ranking = rank_candidates([fast], usable, load_evidence(), max_seconds_per_epoch=60.0)
+    with pytest.raises(NothingFitsError, match="time budget") as info:
+        require_choice(ranking, get_profile("v100-32gb"))
+    assert info.value.exit_code == 3

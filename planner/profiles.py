@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def profile_from_dict(document: Any, origin: str) -> GpuProfile:
     if not isinstance(match, list) or not all(isinstance(word, str) and word for word in match):
         raise ProfileError(f"{origin}: nvml_match must be a list of non-empty strings, got {match!r}")
     values["nvml_match"] = tuple(match)
+    capability = values.get("compute_capability")
+    if capability is not None and not re.fullmatch(r"\d+\.\d+", str(capability)):
+        raise ProfileError(f"{origin}: compute_capability must be like \"8.0\", got {capability!r}")
     return GpuProfile(**values)
 
 

@@ -117,3 +117,27 @@ def test_evidence_holds_the_papers_numbers():
     assert rows[("tsm_r18", ("25/224",), False)].avg_map == 34.32
     assert rows[("tsm_r50", ("100/112", "25/224", "50/158"), True)].avg_map == 34.96
     assert all("NeurIPS 2021" in e.source for e in rows.values())
+
+
+def test_every_gpu_profile_names_its_compute_capability():
+    from planner.profiles import list_profiles
+
+    for profile in list_profiles():
+        if profile.kind == "gpu":
+            assert profile.compute_capability is not None, profile.name
+            assert profile.capability >= (7, 0)
+            assert profile.supports_bf16 == (profile.capability >= (8, 0)), profile.name
+
+
+def test_a_malformed_compute_capability_is_refused():
+    import pytest
+
+    from planner.errors import ProfileError
+    import json
+
+    from planner.profiles import gpus_dir, profile_from_dict
+
+    document = json.loads((gpus_dir() / "a100-40gb.json").read_text())
+    document["compute_capability"] = "eight"
+    with pytest.raises(ProfileError, match="compute_capability"):
+        profile_from_dict(document, "a100-40gb.json")

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "gpus": "lofi.cli.gpus_cmd:gpus",
     "plan": "lofi.cli.plan_cmd:plan",
     "report": "lofi.cli.report_cmd:report",
+    "train": "lofi.cli.train_cmd:train",
 }
 
 

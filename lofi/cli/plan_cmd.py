@@ -42,17 +42,19 @@ MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two 
 @click.option("--json", "as_json", is_flag=True, help="Print the plan document on stdout and nothing else there.")
 @click.option("--measure", is_flag=True, help="Run the finalists for real on this GPU (one subprocess each).")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the best of each configuration.")
+@click.option("--max-epoch-hours", type=float, help="Time budget: reject candidates estimated slower per epoch.")
 def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, precision, checkpointing,
-         global_batch, no_accumulation, optimizer, margin, videos, annotations, out, as_json, measure, show_all) -> None:
+         global_batch, no_accumulation, optimizer, margin, videos, annotations, out, as_json, measure, show_all,
+         max_epoch_hours) -> None:
     """Estimate every candidate configuration, pick the best that fits, write plan.json."""
     from lofi.cli.console import console, err_console
     from lofi.cli.plan_render import gather_report, render_report, report_from_plan
-    from planner.choose import rank_candidates, require_choice, usable_bytes
-    from planner.grid import GridSpec, build_grid, parse_ints, parse_list, select_fidelities
+    from planner.choose import require_choice, usable_bytes
+    from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
     from planner.nvml import resolve_target
-    from planner.plan_file import Hardware, entries_from_ranking, plan_from_ranking, plan_to_dict, save_plan
+    from planner.plan_file import Hardware, entries_from_ranking, plan_to_dict, save_plan
+    from planner.planning import PlanRequest, estimate_and_rank, plan_from_request
     from planner.profiles import list_profiles
-    from planner.quality import load_evidence
 
     fidelities, cycles = select_fidelities(parse_ints(tr, "--tr"), parse_ints(sr, "--sr"), parse_list(fidelity_names, "--fidelity"))
     spec = GridSpec(
@@ -73,7 +75,9 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     profile = target.profile
     usable = usable_bytes(profile, margin)
     videos_per_epoch, dataset = _dataset_size(videos, annotations)
-    candidates = build_grid(spec, profile)
+    request = PlanRequest(spec, profile, margin=margin, videos_per_epoch=videos_per_epoch, dataset=dataset,
+                          detected=target.detected, notices=target.notices,
+                          max_seconds_per_epoch=None if max_epoch_hours is None else max_epoch_hours * 3600)
     for notice in target.notices:
         err_console.print(f"[yellow]note:[/] {notice}", highlight=False)
     if measure and not target.detected:
@@ -82,9 +86,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         reason = target.detection.reason if target.detection is not None else f"--gpu {gpu_name} names a profile"
         raise PlannerError(f"--measure needs a GPU here and --gpu auto ({reason})")
 
-    estimates = _estimate(candidates, profile, videos_per_epoch, err_console)
-    evidence = load_evidence()
-    ranking = rank_candidates(estimates, usable, evidence)
+    estimates, ranking = _estimate(request, err_console)
     if ranking.chosen is None:
         if not as_json:
             report = gather_report(
@@ -98,12 +100,8 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
 
     measured = {}
     if measure:
-        ranking, measured = _measure(ranking, estimates, usable, evidence, err_console)
-        require_choice(ranking, profile, spec)
-    result = plan_from_ranking(
-        ranking, profile, margin=margin, global_batch=global_batch, videos_per_epoch=videos_per_epoch,
-        dataset=dataset, detected=target.detected, notices=target.notices, measured=measured,
-    )
+        ranking, measured = _measure(request, ranking, estimates, err_console)
+    result = plan_from_request(request, ranking, measured)
     path = save_plan(result, out)
     if as_json:
         click.echo(json.dumps(plan_to_dict(result), indent=2))
@@ -134,27 +132,28 @@ def _dataset_size(videos: int | None, annotations: Path | None) -> tuple[int, st
     return ACTIVITYNET_TRAINING_VIDEOS, ACTIVITYNET_SOURCE
 
 
-def _estimate(candidates, profile, videos_per_epoch, err_console):
+def _estimate(request, err_console):
     """Trace every candidate (fake tensors, no GPU memory) with a progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lofi.plan_workload import lofi_workload
-    from planner.estimate import estimate_grid
+    from planner.planning import estimate_and_rank
 
     columns = (TextColumn("tracing candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("trace", total=len(candidates))
+        task = progress.add_task("trace", total=None)
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        return estimate_grid(candidates, lofi_workload(), profile, videos_per_epoch=videos_per_epoch, progress=advance)
+        return estimate_and_rank(request, lofi_workload(), progress=advance)
 
 
-def _measure(ranking, estimates, usable, evidence, err_console):
+def _measure(request, ranking, estimates, err_console):
     """Run the finalists for real; candidates that run out of memory stop fitting."""
-    from planner.choose import describe, rank_candidates
+    from planner.choose import describe, rank_candidates, usable_bytes
     from planner.measure import measure_candidates
+    from planner.quality import load_evidence
 
     finalists = [r for r in ranking.ranked if r.fits][:MEASURE_FINALISTS]
 
@@ -165,7 +164,8 @@ def _measure(ranking, estimates, usable, evidence, err_console):
     command = [sys.executable, "-m", "lofi.measure_step"]
     results = measure_candidates([r.candidate for r in finalists], command, on_result=report)
     oom = {r.candidate for r, m in zip(finalists, results) if m.oom}
-    reranked = rank_candidates(estimates, usable, evidence, oom=oom)
+    reranked = rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(), oom=oom,
+                               max_seconds_per_epoch=request.max_seconds_per_epoch)
     by_candidate = {r.candidate: m for r, m in zip(finalists, results)}
     measured = {r.rank: by_candidate[r.candidate] for r in reranked.ranked if r.candidate in by_candidate}
     return reranked, measured

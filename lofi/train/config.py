@@ -71,7 +71,7 @@ class TrainConfig:
     cycle: str = "long"  # C-LoFi: "long" changes fidelity every epoch, "short" every 16 batches
     short_cycle_batches: int = 16
     pretrained: str | None = None
-    freeze_bn: bool = True
+    freeze_bn: bool | None = None  # None: frozen for a pre-trained encoder, trained for a random one
     feature_batch: int = 8
     checkpoint_every: int = 50  # optimizer steps between checkpoints (and at each epoch end)
     num_workers: int = 0
@@ -87,6 +87,13 @@ class TrainConfig:
         for name in ("head_batch", "feature_batch", "checkpoint_every", "short_cycle_batches"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def bn_frozen(config: TrainConfig) -> bool:
+    """BatchNorm is frozen for a pre-trained encoder (its statistics are good and a video
+    batch is tiny); an encoder trained from random init needs batch statistics to learn
+    (docs/synthetic.md), and gets precise statistics re-estimated before features."""
+    return config.freeze_bn if config.freeze_bn is not None else config.pretrained is not None
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lofi.models.encoders import build_encoder
 from lofi.models.heads import build_head
 from lofi.train.bn_init import estimate_batchnorm_statistics
 from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import TrainConfig, config_to_dict
+from lofi.train.config import TrainConfig, bn_frozen, config_to_dict
 from lofi.train.distributed import DistContext, barrier
 from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
 from lofi.train.fallback import next_candidate
@@ -161,7 +161,7 @@ def _initial_model(config, candidate, records, media, classes, context):
     statistics), head at each TR of the candidate; the same seed gives the same start."""
     torch.manual_seed(config.seed)
     model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                             pretrained=config.pretrained, freeze_bn=config.freeze_bn,
+                             pretrained=config.pretrained, freeze_bn=bn_frozen(config),
                              checkpointing=candidate.checkpointing, device=context.device)
     if config.pretrained is None:
         _init_batchnorm(model.encoder, config, records, media, classes, context)
@@ -170,8 +170,7 @@ def _initial_model(config, candidate, records, media, classes, context):
 
 def _baseline_encoder(config, records, media, classes, context):
     torch.manual_seed(config.seed)
-    encoder = build_encoder(config.backbone, pretrained=config.pretrained, freeze_bn=config.freeze_bn,
-                            device=context.device)
+    encoder = build_encoder(config.backbone, pretrained=config.pretrained, freeze_bn=True, device=context.device)
     if config.pretrained is None:
         _init_batchnorm(encoder, config, records, media, classes, context)
     return encoder
@@ -200,10 +199,15 @@ def _features(config, candidate, records, media, classes, run, context, progress
     else:
         loaded = load_checkpoint(run.lofi_checkpoints, map_location=context.device)
         model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                                 freeze_bn=config.freeze_bn, device=context.device)
+                                 freeze_bn=bn_frozen(config), device=context.device)
         model.load_state_dict(loaded.state["model"])
         encoder = model.encoder
         tag = f"lofi:{config.backbone}:step={loaded.state['step']}"
+        if not bn_frozen(config):
+            # BatchNorm trained on low-fidelity batches: re-estimate precise statistics at
+            # the full fidelity the features are extracted at (as PreciseBN does).
+            train = [r for r in records if r.subset == config.data.train_subset]
+            _init_batchnorm(encoder, config, train, media, classes, context)
     encoder.set_grad_checkpointing("none")
     dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
     precision = "fp32" if context.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")

@@ -1,0 +1,61 @@
+"""The planning procedure shared by `lofi plan` and `lofi train --auto`: estimate every
+candidate of a grid on a target, rank them, and turn the ranking into a Plan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from planner.candidate import Candidate
+from planner.choose import Ranking, rank_candidates, require_choice, usable_bytes
+from planner.estimate import estimate_grid
+from planner.estimates import CandidateEstimate
+from planner.grid import GridSpec, build_grid
+from planner.hardware import GpuProfile
+from planner.plan_file import Plan, plan_from_ranking
+from planner.quality import load_evidence
+from planner.workload import Workload
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    spec: GridSpec
+    profile: GpuProfile
+    margin: float = 0.10
+    videos_per_epoch: int = 9649
+    dataset: str = "ActivityNet-1.3 training"
+    detected: bool = False  # the profile was read from NVML on this machine
+    notices: tuple[str, ...] = ()
+    max_seconds_per_epoch: float | None = None  # time budget; None: no limit
+
+
+def estimate_and_rank(
+    request: PlanRequest,
+    workload: Workload,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    oom: Sequence[Candidate] = (),
+) -> tuple[list[CandidateEstimate], Ranking]:
+    """Estimate the grid of `request` on its target and rank the candidates."""
+    candidates = build_grid(request.spec, request.profile)
+    estimates = estimate_grid(candidates, workload, request.profile,
+                              videos_per_epoch=request.videos_per_epoch, progress=progress)
+    ranking = rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
+                              oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
+    return estimates, ranking
+
+
+def plan_from_request(request: PlanRequest, ranking: Ranking, measured=None) -> Plan:
+    """The Plan of a ranking; raises NothingFits (exit code 3) when nothing fits."""
+    require_choice(ranking, request.profile, request.spec)
+    return plan_from_ranking(
+        ranking, request.profile, margin=request.margin, global_batch=request.spec.global_batch,
+        videos_per_epoch=request.videos_per_epoch, dataset=request.dataset, detected=request.detected,
+        notices=request.notices, measured=measured,
+    )
+
+
+def make_plan(request: PlanRequest, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Plan:
+    """Estimate, rank and choose in one call (no measurement)."""
+    _, ranking = estimate_and_rank(request, workload, progress=progress)
+    return plan_from_request(request, ranking)

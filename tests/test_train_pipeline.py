@@ -1,0 +1,71 @@
+"""The whole pipeline on CPU at tiny sizes: LoFi -> features -> head -> eval, the run
+folder it leaves, resuming after an interruption, and the baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lofi.train.checkpoint import load_checkpoint
+from lofi.train.distributed import setup_distributed
+from lofi.train.pipeline import run_pipeline
+from lofi.train.run_folder import RunFolder
+from lofi.train.stopping import StopRequest
+from train_helpers import make_tiny_dataset, tiny_config, tiny_plan
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("synth") / "data")
+
+
+def test_two_epoch_run_goes_through_all_four_stages(tiny_data, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    result = run_pipeline(tiny_config(tiny_data), tiny_plan(), run, setup_distributed(prefer_cuda=False))
+    assert not result.interrupted
+    summary = json.loads(run.summary.read_text())
+    assert summary["stages"]["lofi"]["epochs"] == 2 and summary["stages"]["lofi"]["steps"] == 4
+    assert summary["stages"]["features"]["extracted"] == 6
+    assert summary["stages"]["head"]["completed"]
+    detection = summary["metrics"]["detection"]
+    assert 0.0 <= detection["average_mAP"] <= 1.0 and len(detection["mAP"]) == 10
+    assert 0.0 <= summary["metrics"]["proposals"]["AUC"] <= 1.0
+    results = json.loads(run.results.read_text())["results"]
+    assert results and all(len(entries) > 0 for entries in results.values())
+    feature = torch.load(next(run.features.glob("synth_*.pt")), weights_only=True)
+    assert feature.shape == (512, 8)  # (C, full-fidelity TR)
+    for path in (run.config, run.plan, run.metrics, run.proposals):
+        assert path.exists()
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path):
+    config = tiny_config(tiny_data)
+    context = setup_distributed(prefer_cuda=False)
+    whole = RunFolder(tmp_path / "whole")
+    run_pipeline(config, tiny_plan(), whole, context, stages=("lofi",))
+
+    parts = RunFolder(tmp_path / "parts")
+    with StopRequest() as stop:
+        first = run_pipeline(config, tiny_plan(), parts, context, stages=("lofi",), stop=stop,
+                             on_step=lambda step: stop.request("test") if step == 3 else None)
+    assert first.interrupted
+    assert load_checkpoint(parts.lofi_checkpoints).state["step"] == 3
+    second = run_pipeline(config, tiny_plan(), parts, context, stages=("lofi",), resume=True)
+    assert not second.interrupted
+
+    expected = load_checkpoint(whole.lofi_checkpoints).state["model"]
+    resumed = load_checkpoint(parts.lofi_checkpoints).state["model"]
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_baseline_skips_the_lofi_stage(tiny_data, tmp_path):
+    run = RunFolder(tmp_path / "baseline")
+    config = tiny_config(tiny_data, baseline=True)
+    result = run_pipeline(config, tiny_plan(), run, setup_distributed(prefer_cuda=False))
+    assert "lofi" not in result.summary["stages"]
+    assert result.summary["stages"]["features"]["encoder"].startswith("baseline:")
+    assert not run.lofi_checkpoints.exists()

@@ -145,13 +145,20 @@ def render_table(rows: list[dict], *, threads: int) -> Table:
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads")
-def main(backbone, batch, tr, frames, sr, policies, repeats, warmup, threads):
-    """Print the step time of each checkpointing policy and its ratio to `none`."""
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Also print the planner's estimated activation memory per policy (tsm_r18 + G-TAD, T-LoFi).")
+def main(backbone, batch, tr, frames, sr, policies, repeats, warmup, threads, memory):
+    """Print the step time of each checkpointing policy and its ratio to `none`, then the
+    estimated activation memory of each policy against `none`."""
     if threads is not None:
         torch.set_num_threads(threads)
     size = StepSize(batch=batch, tr=tr, frames=frames, sr=sr)
     rows = measure_policies(backbone, size, tuple(p.strip() for p in policies.split(",")), repeats=repeats, warmup=warmup)
     Console().print(render_table(rows, threads=torch.get_num_threads()))
+    if memory:
+        from checkpointing_memory import report  # the memory side, beside this script
+
+        report(backbone, "fp32", ["none", "block", "chunk:4"], [1, 2])
 
 
 if __name__ == "__main__":

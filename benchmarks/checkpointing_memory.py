@@ -33,16 +33,19 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--gpu", default="v100-32gb")
     args = parser.parse_args()
-    policies = args.policies.split(",")
-    batches = [int(b) for b in args.batches.split(",")]
+    report(args.backbone, args.precision, args.policies.split(","), [int(b) for b in args.batches.split(",")], args.gpu)
+
+
+def report(backbone: str, precision: str, policies: list[str], batches: list[int], gpu: str = "v100-32gb") -> None:
+    """Print the estimated activation memory of each policy and batch against `none`."""
     candidates = [
-        Candidate(args.backbone, "gtad", batch, fidelity=T_LOFI, precision=args.precision, checkpointing=policy)
+        Candidate(backbone, "gtad", batch, fidelity=T_LOFI, precision=precision, checkpointing=policy)
         for batch in batches
         for policy in policies
     ]
     estimates = {(e.candidate.batch_per_gpu, e.candidate.checkpointing): e
-                 for e in estimate_grid(candidates, lofi_workload(), get_profile(args.gpu))}
-    print(f"{args.backbone} + G-TAD, T-LoFi {T_LOFI.label()}, {args.precision}: estimated peak activation memory")
+                 for e in estimate_grid(candidates, lofi_workload(), get_profile(gpu))}
+    print(f"{backbone} + G-TAD, T-LoFi {T_LOFI.label()}, {precision}: estimated peak activation memory")
     print(f"{'batch':>5} {'policy':>9} {'activations':>12} {'vs none':>8} {'allocated':>10} {'total':>9} {'TFLOP/step':>10}")
     worst = None
     for batch in batches:

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+PAPER_THRESHOLDS = (0.5, 0.75, 0.95)  # mAP columns of PAPER.md's tables; all are in summary.json
+
 
 def summary_tables(summary: dict[str, Any]) -> list[Table]:
     tables = []
@@ -14,11 +16,12 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
     detection, proposals = metrics.get("detection"), metrics.get("proposals")
     if detection:
         table = Table(title=f"Detection mAP (%) on {detection['subset']}, {detection['videos']} videos")
-        thresholds = detection["tiou_thresholds"]
-        for threshold in thresholds:
+        shown = [(t, v) for t, v in zip(detection["tiou_thresholds"], detection["mAP"])
+                 if any(abs(t - p) < 1e-6 for p in PAPER_THRESHOLDS)]  # the columns papers report
+        for threshold, _ in shown:
             table.add_column(f"{threshold:.2f}", justify="right")
         table.add_column("average", justify="right", style="bold")
-        table.add_row(*[f"{100 * v:.2f}" for v in detection["mAP"]], f"{100 * detection['average_mAP']:.2f}")
+        table.add_row(*[f"{100 * v:.2f}" for _, v in shown], f"{100 * detection['average_mAP']:.2f}")
         tables.append(table)
     if proposals:
         table = Table(title=f"Proposals on {proposals['subset']} (%)")

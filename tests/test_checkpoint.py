@@ -65,3 +65,17 @@ def test_failed_write_leaves_the_old_file(tmp_path):
     assert target.read_text().strip().startswith("{")
     assert '"a": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]
+
+
+def test_default_run_names_count_up_and_resume_takes_the_latest(tmp_path):
+    from lofi.train.run_folder import numbered_run
+
+    assert numbered_run(tmp_path, "lofi", existing=False).root.name == "lofi"
+    (tmp_path / "lofi").mkdir()
+    (tmp_path / "lofi" / "config.json").write_text("{}")
+    assert numbered_run(tmp_path, "lofi", existing=False).root.name == "lofi-2"
+    assert numbered_run(tmp_path, "lofi", existing=True).root.name == "lofi"
+    (tmp_path / "lofi-2").mkdir()
+    (tmp_path / "lofi-2" / "config.json").write_text("{}")
+    assert numbered_run(tmp_path, "lofi", existing=True).root.name == "lofi-2"
+    assert numbered_run(tmp_path, "baseline", existing=False).root.name == "baseline"

@@ -68,7 +68,7 @@ def test_a_run_from_a_plan_file_prints_the_metrics(tiny_data, tmp_path):
     assert (tmp_path / "runs" / "lofi" / "summary.json").exists()
 
     again = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), *data_args(tiny_data),
-                                      "--runs-dir", str(tmp_path / "runs")])
+                                      "--runs-dir", str(tmp_path / "runs"), "--name", "lofi"])
     assert again.exit_code == 2 and "already holds a run" in again.output
 
     only_eval = CliRunner().invoke(main, ["train", "--stage", "eval", "--runs-dir", str(tmp_path / "runs")])

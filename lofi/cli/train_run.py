@@ -27,10 +27,15 @@ def run_training(options: dict[str, Any], argv: list[str]) -> None:
 
 
 def _run_dir(options: dict[str, Any]) -> Path:
-    from lofi.train.run_folder import run_folder
+    """runs/NAME. Without --name: a fresh run takes the first free of lofi, lofi-2, ...
+    (baseline, baseline-2, ... with --baseline); --resume and --stage take the latest."""
+    from lofi.train.run_folder import numbered_run, run_folder
 
-    name = options["name"] or ("baseline" if options["baseline"] else "lofi")
-    return run_folder(options["runs_dir"], name).root
+    if options["name"]:
+        return run_folder(options["runs_dir"], options["name"]).root
+    stem = "baseline" if options["baseline"] else "lofi"
+    existing = options["resume"] or bool(options["stages"]) or options["overwrite"]
+    return numbered_run(options["runs_dir"], stem, existing=existing).root
 
 
 def _prepare_parent(options: dict[str, Any], run_dir: Path) -> Path:
@@ -75,7 +80,7 @@ def _check_fresh(options: dict[str, Any], run_dir: Path) -> None:
             shutil.rmtree(run_dir)
             return
         raise OptionError(f"{run_dir} already holds a run: --resume continues it, --overwrite starts it "
-                          "afresh, --name NAME starts another")
+                          "afresh, another --name starts a new one")
 
 
 def _resolve_data(options: dict[str, Any]):

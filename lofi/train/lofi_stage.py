@@ -113,6 +113,7 @@ def run_lofi_stage(
     progress: StageProgress | None = None,
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
+    planned_bytes: int | None = None,
 ) -> StageOutcome:
     """Train `model` (unwrapped LoFiModel, on context.device) end to end; see module doc."""
     progress = progress or NullProgress()
@@ -178,32 +179,28 @@ def run_lofi_stage(
         dataset.set_epoch(epoch)
         micro = batches_done
         window_start, window_clips = time.perf_counter(), 0
+        oom: str | None = None
         for batch in loader:
             skipped += len(batch.skipped)
             last_in_window = (micro + 1) % candidate.accumulation == 0 or micro + 1 == len(sampler)
             try:
-                if batch.clips.shape[0] > 0:
-                    sync = contextlib.nullcontext() if last_in_window or not context.distributed else ddp_model.no_sync()
-                    with sync:
-                        clips = batch.clips.to(device, non_blocking=True)
-                        with autocast(device, candidate.precision):
-                            output = ddp_model(clips)
-                        terms = batch_loss(output, batch, seed=config.seed, step=step)
-                        scaler.scale(terms.total / candidate.accumulation).backward()
-                    last_loss = float(terms.total.detach())
-                    window_clips += batch.clips.shape[0]
+                loss = _micro_step(ddp_model, batch, candidate, config, context, scaler, step, last_in_window)
                 if last_in_window:
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
             except torch.cuda.OutOfMemoryError as error:
-                optimizer.zero_grad(set_to_none=True)
-                raise OutOfMemoryDuringStage(candidate, str(error).splitlines()[0]) from None
+                oom = str(error).splitlines()[0]  # leaving this block frees the step's tensors
+            if oom is not None:
+                break
+            if loss is not None:
+                last_loss = loss
+                window_clips += batch.clips.shape[0]
             micro += 1
             if not last_in_window:
                 continue
             step += 1
-            fields = _step_fields(last_loss, optimizer, window_clips, window_start, device)
+            fields = _step_fields(last_loss, optimizer, window_clips, window_start, device, planned_bytes)
             window_start, window_clips = time.perf_counter(), 0
             progress.advance(1, **fields)
             if step % 10 == 0 or step == 1:
@@ -216,6 +213,10 @@ def run_lofi_stage(
                 return _outcome(False, step, epoch, started, skipped, device, last_loss)
             if step % config.checkpoint_every == 0:
                 save(epoch, micro)
+        if oom is not None:
+            optimizer.zero_grad(set_to_none=True)
+            progress.stop()
+            raise OutOfMemoryDuringStage(candidate, oom)
         epoch += 1
         batches_done = 0
         scheduler.step()
@@ -225,11 +226,33 @@ def run_lofi_stage(
     return _outcome(True, step, epoch, started, skipped, device, last_loss)
 
 
-def _step_fields(loss, optimizer, clips, since, device) -> dict[str, Any]:
+def _micro_step(ddp_model, batch, candidate: Candidate, config: TrainConfig, context: DistContext, scaler,
+                step: int, last_in_window: bool) -> float | None:
+    """Forward and backward of one micro-batch (gradients synchronised across ranks only
+    on the last micro-batch of an accumulation window); the loss, or None for a batch
+    whose videos were all skipped."""
+    if batch.clips.shape[0] == 0:
+        return None
+    device = context.device
+    sync = contextlib.nullcontext() if last_in_window or not context.distributed else ddp_model.no_sync()
+    with sync:
+        clips = batch.clips.to(device, non_blocking=True)
+        with autocast(device, candidate.precision):
+            output = ddp_model(clips)
+        terms = batch_loss(output, batch, seed=config.seed, step=step)
+        scaler.scale(terms.total / candidate.accumulation).backward()
+    return float(terms.total.detach())
+
+
+def _step_fields(loss, optimizer, clips, since, device, planned_bytes) -> dict[str, Any]:
+    """What the progress bar and metrics.jsonl show after an optimizer step; on a GPU the
+    peak reserved memory so far against the plan's estimate of it."""
     elapsed = max(time.perf_counter() - since, 1e-9)
     fields: dict[str, Any] = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "clips/s": round(clips / elapsed, 2)}
     if device.type == "cuda":
         fields["peak_GiB"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+        if planned_bytes:
+            fields["planned_GiB"] = round(planned_bytes / 2**30, 2)
     return fields
 
 

@@ -4,6 +4,7 @@ and summary.json. The CLI (`lofi train`) only parses options and renders."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,20 +131,24 @@ def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, c
     while True:
         model = _initial_model(config, candidate, records, media, classes, context)
         dataset = _dataset(config, records, media, classes, candidate.fidelities[0], augment=True)
+        failure: str | None = None
         try:
             outcome = run_lofi_stage(model, dataset, candidate, config, context,
                                      checkpoint_dir=run.lofi_checkpoints, plan_document=plan_to_dict(plan),
                                      log=log, stop=stop, progress=progress, resume=resume or bool(tried),
-                                     on_step=on_step)
+                                     on_step=on_step, planned_bytes=_planned(plan, candidate))
         except OutOfMemoryDuringStage as error:
+            failure = str(error)  # the traceback (and the step's tensors) go with this block
+        if failure is not None:
+            del model, dataset
+            gc.collect()
+            torch.cuda.empty_cache()
             tried.append(candidate)
             entry = next_candidate(plan.candidates, candidate, tried)
-            del model
-            torch.cuda.empty_cache()
             if entry is None:
-                raise OptionError(f"CUDA ran out of memory with {candidate} and the plan has no smaller "
-                                  f"candidate for this backbone and head ({error})") from None
-            fallbacks.append({"from": _describe(candidate), "to": _describe(entry.candidate), "error": str(error)})
+                raise OptionError(f"CUDA ran out of memory with {_describe(candidate)} and the plan has no smaller "
+                                  f"candidate for this backbone and head ({failure})")
+            fallbacks.append({"from": _describe(candidate), "to": _describe(entry.candidate), "error": failure})
             log.write(stage="lofi", event="oom_fallback", **fallbacks[-1])
             candidate = entry.candidate
             continue

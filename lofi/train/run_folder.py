@@ -74,6 +74,24 @@ def run_folder(runs_dir: str | os.PathLike, name: str) -> RunFolder:
     return RunFolder(Path(runs_dir) / name)
 
 
+def numbered_run(runs_dir: str | os.PathLike, stem: str, *, existing: bool) -> RunFolder:
+    """`stem`, `stem-2`, `stem-3`, ... under runs_dir: the latest that exists when
+    `existing` (to resume), else the first that does not hold a run yet."""
+    def name(number: int) -> str:
+        return stem if number == 1 else f"{stem}-{number}"
+
+    number = 1
+    while _holds_run(Path(runs_dir) / name(number)):
+        number += 1
+    if existing and number > 1:
+        number -= 1
+    return run_folder(runs_dir, name(number))
+
+
+def _holds_run(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 class MetricsLog:
     """Appends one JSON line per record (flushed and fsynced: a crash loses at most the
     line being written). Only the main rank writes."""

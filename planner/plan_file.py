@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from planner.atomic_files import atomic_write_text
 from planner.candidate import Candidate
 from planner.choose import Ranking
 from planner.errors import PlanFileError
@@ -210,23 +210,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file beside `path`, fsync, rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(plan_to_dict(plan), indent=2) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; a plan is an ordinary file
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(path, json.dumps(plan_to_dict(plan), indent=2) + "\n")
 
 
 # --- JSON -> dataclasses (strict) ----------------------------------------------------

@@ -15,13 +15,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from planner.atomic_files import atomic_write
 from planner.trace import TRACE_FORMAT, Trace
 from planner.workload import StepSpec
 
@@ -151,16 +151,4 @@ def _read(path: Path, key: str) -> Trace | None:
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda handle: handle.write(payload))

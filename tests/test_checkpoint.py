@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lofi.errors import CheckpointError
-from lofi.io_atomic import atomic_write_json
+from planner.atomic_files import atomic_write_json
 from lofi.train.checkpoint import LATEST, PREVIOUS, has_checkpoint, load_checkpoint, save_checkpoint
 
 

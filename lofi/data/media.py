@@ -18,7 +18,7 @@ from typing import Literal
 
 from lofi.data.annotations import VideoRecord, check_video_id
 from lofi.errors import InputFileError, VideoDecodeError
-from lofi.io_atomic import atomic_write_text
+from planner.atomic_files import atomic_write_text
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 FIRST_FRAME = "img_00001.jpg"

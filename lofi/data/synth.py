@@ -29,7 +29,7 @@ import numpy as np
 
 from lofi.data.synth_scenes import class_heading
 from lofi.errors import InputFileError, OptionError
-from lofi.io_atomic import atomic_write_json
+from planner.atomic_files import atomic_write_json
 
 GENERATOR_VERSION = 1  # bump when the output for a given config changes
 MIN_INSTANCE_SECONDS = 3.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lofi.errors import OptionError
 from lofi.evaluation.proposal import ProposalResult
-from lofi.io_atomic import atomic_write
+from planner.atomic_files import atomic_write
 
 
 def plot_ar_an(result: ProposalResult, path: str | Path) -> Path:

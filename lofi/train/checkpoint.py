@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lofi.errors import CheckpointError
-from lofi.io_atomic import atomic_write
+from planner.atomic_files import atomic_write
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"

@@ -18,7 +18,7 @@ from torch import nn
 from lofi.data.annotations import VideoRecord
 from lofi.errors import InputFileError
 from lofi.evaluation import evaluate_detection, evaluate_proposals, load_ground_truth
-from lofi.io_atomic import atomic_write_json
+from planner.atomic_files import atomic_write_json
 from lofi.models.postprocess import detection_entries, proposal_entries, proposals_from_output
 from lofi.models.soft_nms import SOFT_NMS_PRESETS, soft_nms
 

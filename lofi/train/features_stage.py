@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from lofi.data.annotations import check_video_id
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.errors import InputFileError
-from lofi.io_atomic import atomic_write, atomic_write_json
+from planner.atomic_files import atomic_write, atomic_write_json
 from lofi.train.distributed import DistContext, barrier
 from lofi.train.progress import NullProgress, StageProgress
 from planner.fidelity import Fidelity

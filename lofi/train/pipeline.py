@@ -17,7 +17,7 @@ from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.data.media import check_media, write_listing
 from lofi.errors import CheckpointError, OptionError
-from lofi.io_atomic import atomic_write_json
+from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
 from lofi.models.heads import build_head
 from lofi.train.bn_init import estimate_batchnorm_statistics

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename, so a
 reader (or a crash) never sees half a file and the previous version survives until the
-new one is whole."""
+new one is whole. Used by planner (plans, trace cache) and lofi (checkpoints, features,
+results, datasets) alike."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -89,3 +89,34 @@ def test_bad_options_give_one_clear_error(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resume_completes(tiny_data, tmp_path):
+    import json
+    import signal
+    import time
+
+    save_plan(tiny_plan(tiny_candidate(batch_per_gpu=1)), tmp_path / "plan.json")
+    args = [*data_args(tiny_data), "--plan", str(tmp_path / "plan.json"), "--stage", "lofi", "--epochs", "15",
+            "--freeze-bn", "--runs-dir", str(tmp_path / "runs"), "--name", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "lofi", "train", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr and "Traceback" not in stderr
+    stopped = load_checkpoint(tmp_path / "runs" / "run" / "lofi").state
+    assert 1 <= stopped["step"] < 60
+
+    resumed = lofi_cli(["--resume", "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"), "--name", "run"],
+                       tmp_path)  # the run's own config.json: 15 epochs
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = load_checkpoint(tmp_path / "runs" / "run" / "lofi").state
+    assert final["step"] == 60 and final["epoch"] == 15  # 4 videos, batch 1, 15 epochs
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert any(e.get("event") == "resumed" for e in events)

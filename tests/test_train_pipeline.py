@@ -69,3 +69,40 @@ def test_baseline_skips_the_lofi_stage(tiny_data, tmp_path):
     assert "lofi" not in result.summary["stages"]
     assert result.summary["stages"]["features"]["encoder"].startswith("baseline:")
     assert not run.lofi_checkpoints.exists()
+
+
+def test_a_short_c_lofi_cycle_trains_one_model_at_several_fidelities(tiny_data, tmp_path):
+    from planner.fidelity import Fidelity
+    from train_helpers import tiny_candidate
+
+    cycle = (Fidelity(4, 32, 2), Fidelity(6, 32, 2))
+    candidate = tiny_candidate(fidelity=None, cycle=cycle, batch_per_gpu=1, accumulation=1)
+    config = tiny_config(tiny_data, cycle="short", short_cycle_batches=1, log_every=1)
+    run = RunFolder(tmp_path / "cycle")
+    run_pipeline(config, tiny_plan(candidate), run, setup_distributed(prefer_cuda=False), stages=("lofi",))
+    logged = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    fidelities = {record["fidelity"] for record in logged if record.get("stage") == "lofi" and "fidelity" in record}
+    assert fidelities == {"4/32", "6/32"}  # batches alternate between the cycle's members
+    assert load_checkpoint(run.lofi_checkpoints).state["step"] == 8  # 4 videos x 2 epochs, batch 1
+
+
+def test_corrupt_and_missing_videos_are_skipped_counted_and_listed(tiny_data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data.root, copy)
+    annotations = json.loads((copy / "annotations.json").read_text())
+    training = sorted(v for v, e in annotations["database"].items() if e["subset"] == "training")
+    video = copy / "videos" / f"{training[0]}.mp4"
+    video.write_bytes(video.read_bytes()[:300])  # truncated
+    (copy / "videos" / f"{training[1]}.mp4").unlink()  # missing
+    from lofi.data.synth import SynthPaths
+
+    paths = SynthPaths.under(copy)
+    run = RunFolder(tmp_path / "run")
+    result = run_pipeline(tiny_config(paths), tiny_plan(), run, setup_distributed(prefer_cuda=False))
+    data = result.summary["data"]
+    assert (data["missing"], data["unreadable"], data["found"]) == (1, 1, 4)
+    problems = (run.root / "media_problems.txt").read_text()
+    assert training[0] in problems and training[1] in problems
+    assert result.summary["stages"]["lofi"]["completed"]

@@ -74,6 +74,7 @@ class TrainConfig:
     freeze_bn: bool | None = None  # None: frozen for a pre-trained encoder, trained for a random one
     feature_batch: int = 8
     checkpoint_every: int = 50  # optimizer steps between checkpoints (and at each epoch end)
+    log_every: int = 10  # optimizer steps between metrics.jsonl records
     num_workers: int = 0
     seed: int = 0
     baseline: bool = False  # skip the LoFi stage: frozen pre-trained encoder (ACP)
@@ -84,7 +85,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cycle not in ("long", "short"):
             raise OptionError(f"cycle must be long or short, got {self.cycle!r}")
-        for name in ("head_batch", "feature_batch", "checkpoint_every", "short_cycle_batches"):
+        for name in ("head_batch", "feature_batch", "checkpoint_every", "log_every", "short_cycle_batches"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -203,7 +203,7 @@ def run_lofi_stage(
             fields = _step_fields(last_loss, optimizer, window_clips, window_start, device, planned_bytes)
             window_start, window_clips = time.perf_counter(), 0
             progress.advance(1, **fields)
-            if step % 10 == 0 or step == 1:
+            if step % config.log_every == 0 or step == 1:
                 log.write(stage="lofi", step=step, epoch=epoch, fidelity=batch.fidelity.label() if batch.fidelity else None, **fields)
             if on_step is not None:
                 on_step(step)

@@ -39,26 +39,15 @@ from torch import Tensor, nn
 
 from lofi.models.encoder_checkpointing import run_segment
 from lofi.models.encoders import VideoEncoder, build_encoder
-from lofi.models.heads import HeadOutput, build_head
+from lofi.models.heads import build_head
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
+from lofi.train.model import LoFiModel
 from planner.trace import active_recorder
 from planner.workload import ModelSpec, StepSpec, sgd_or_adam
 
 WORKLOAD_NAME = "lofi-tal/1"  # bump when the inputs or the step change (trace cache key)
 REAL_CHUNKS = 3  # chunks traced for real; the others are synthesized from the middle one
-
-
-class LofiModel(nn.Module):
-    """Encoder + head: clips (B, TR, F, 3, SR, SR) -> HeadOutput."""
-
-    def __init__(self, encoder: VideoEncoder, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, clips: Tensor) -> HeadOutput:
-        return self.head(self.encoder(clips))  # (B, C, TR) -> HeadOutput
 
 
 @dataclass(frozen=True)
@@ -73,7 +62,7 @@ class LofiBatch:
 def _source_key() -> str:
     """WORKLOAD_NAME + a hash of the sources that define the traced step."""
     here = Path(__file__).resolve()
-    files = sorted((here.parent / "models").glob("*.py")) + [here]
+    files = sorted((here.parent / "models").glob("*.py")) + [here.parent / "train" / "model.py", here]
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
@@ -91,10 +80,9 @@ class LofiWorkload:
         encoder = build_encoder(spec.backbone, device=device)
         head = build_head(spec.head, in_channels=encoder.out_channels, temporal_dim=spec.fidelity.tr, device=device)
         encoder.set_grad_checkpointing(spec.checkpointing)
-        model = LofiModel(encoder, head).train()
         if encoder._chunk is not None:
-            encoder.forward = _ChunkTraceRunner(encoder)  # instance attribute: shadows forward
-        return model
+            encoder.chunk_runner = _ChunkTraceRunner(encoder)
+        return LoFiModel(encoder, head).train()
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)
@@ -122,34 +110,30 @@ def lofi_workload() -> LofiWorkload:
 
 
 class _ChunkTraceRunner:
-    """`VideoEncoder.forward` under `chunk:K` while the planner traces with compression;
-    the encoder's own forward otherwise. Same ops as `VideoEncoder.forward`'s chunk
-    branch (split, one checkpoint segment per chunk, cat, view/transpose/contiguous)."""
+    """The chunk loop of `VideoEncoder.forward` under `chunk:K` while the planner traces
+    with compression (the plain loop otherwise): same ops (split, one checkpoint segment
+    per chunk, cat), but only the first REAL_CHUNKS chunks run."""
 
     def __init__(self, encoder: VideoEncoder) -> None:
         self.encoder = encoder
-        self.original = type(encoder).forward.__get__(encoder)
 
-    def __call__(self, clips: Tensor) -> Tensor:
+    def __call__(self, snippets: Tensor) -> Tensor:
+        enc = self.encoder
+        chunks = snippets.split(enc._chunk)  # (B*TR, F, 3, SR, SR) in chunks of K
         recorder = active_recorder()
         if recorder is None or not recorder.compress:
-            return self.original(clips)
-        enc = self.encoder
-        b, tr = clips.shape[:2]
-        chunks = clips.flatten(0, 1).split(enc._chunk)  # (B*TR, F, 3, SR, SR) in chunks of K
-        n = len(chunks)
+            return torch.cat([run_segment(enc._encode, enc, chunk) for chunk in chunks])
         parts: list[Tensor] = []
         for i, chunk in enumerate(chunks[:REAL_CHUNKS]):
             recorder.period("forward", i)
             parts.append(run_segment(_Marked(enc._encode, recorder, i), enc, chunk))
             recorder.period("forward-end", i)
-        if n > REAL_CHUNKS:  # one stand-in for the outputs of every skipped chunk
+        if len(chunks) > REAL_CHUNKS:  # one stand-in for the outputs of every skipped chunk
             skipped = sum(len(c) for c in chunks[REAL_CHUNKS:])
             stub = torch.zeros(skipped, enc.out_channels, dtype=parts[-1].dtype, device=parts[-1].device)
             recorder.stub(stub, units=skipped, units_per_period=enc._chunk)
             parts.append(stub)
-        feats = torch.cat(parts)  # (B*TR, C)
-        return feats.view(b, tr, enc.out_channels).transpose(1, 2).contiguous()  # (B, C, TR)
+        return torch.cat(parts)  # (B*TR, C)
 
 
 class _Marked:

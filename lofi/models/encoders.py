@@ -69,6 +69,10 @@ class VideoEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self._policy = "none"
         self._chunk: int | None = None
+        # Optional stand-in for the chunk loop under `chunk:K`: snippets (B*TR, F, 3, H, W)
+        # -> features (B*TR, C). The planner sets one that traces a few chunks and
+        # synthesizes the rest (lofi/plan_workload.py); training never does.
+        self.chunk_runner: Callable[[Tensor], Tensor] | None = None
         self.pretrained_report = None  # a PretrainedReport once build_encoder loaded weights
 
     # -- checkpointing (timm style: a switch that forward reads) ------------------------
@@ -124,6 +128,8 @@ class VideoEncoder(nn.Module):
         snippets = clips.flatten(0, 1)  # (B*TR, F, 3, SR, SR)
         if self._chunk is None:
             feats = self._encode(snippets)
+        elif self.chunk_runner is not None:
+            feats = self.chunk_runner(snippets)  # (B*TR, C)
         else:
             parts = [run_segment(self._encode, self, chunk) for chunk in snippets.split(self._chunk)]
             feats = torch.cat(parts)  # (B*TR, C)

@@ -102,9 +102,9 @@ def run_pipeline(
     if not interrupted and "features" in stages:
         _features(config, candidate, train_records + eval_records, media, classes, run, context, progress, summary)
     if not interrupted and context.is_main and "head" in stages:
-        interrupted = not _head(config, train_records, run, log, stop, progress, resume, summary)
+        interrupted = not _head(config, train_records, run, context.device, log, stop, progress, resume, summary)
     if not interrupted and context.is_main and "eval" in stages:
-        _evaluate(config, eval_records, classes, run, summary)
+        _evaluate(config, eval_records, classes, run, context.device, summary)
     barrier(context)
     document = summary.document
     document["interrupted"] = interrupted
@@ -223,7 +223,7 @@ def _features(config, candidate, records, media, classes, run, context, progress
                   seconds=round(outcome.seconds, 2), fidelity=config.data.full_fidelity.label(), encoder=tag)
 
 
-def _head(config, train_records, run, log, stop, progress, resume, summary) -> bool:
+def _head(config, train_records, run, device, log, stop, progress, resume, summary) -> bool:
     index = read_index(run.features)
     features = load_features(run.features, [r.video_id for r in train_records])
     if not features:
@@ -231,7 +231,6 @@ def _head(config, train_records, run, log, stop, progress, resume, summary) -> b
     channels, temporal_dim = next(iter(features.values())).shape
     torch.manual_seed(config.seed)
     head = build_head(config.head, in_channels=channels, temporal_dim=temporal_dim)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     outcome = train_head(head, features, train_records, config.head_stage, batch_size=config.head_batch,
                          device=device, checkpoint_dir=run.head_checkpoints, seed=config.seed, log=log,
                          stop=stop, progress=progress, resume=resume)
@@ -241,7 +240,7 @@ def _head(config, train_records, run, log, stop, progress, resume, summary) -> b
     return outcome.completed
 
 
-def _evaluate(config, eval_records, classes, run, summary) -> None:
+def _evaluate(config, eval_records, classes, run, device, summary) -> None:
     started = time.perf_counter()
     features = load_features(run.features, [r.video_id for r in eval_records])
     if not features:
@@ -252,7 +251,6 @@ def _evaluate(config, eval_records, classes, run, summary) -> None:
         head.load_state_dict(load_checkpoint(run.head_checkpoints).state["model"])
     except CheckpointError as error:
         raise CheckpointError(f"{error}; run the head stage first") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     proposals = predict(head, config.head, features, eval_records, device=device, top_k=config.top_k_proposals)
     scores = load_class_scores(config.data.classification, classes) if config.data.classification else None
     outcome = write_and_evaluate(proposals, annotations=config.data.annotations, subset=config.data.eval_subset,

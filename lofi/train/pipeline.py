@@ -5,6 +5,7 @@ and summary.json. The CLI (`lofi train`) only parses options and renders."""
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def run_pipeline(
     barrier(context)
     summary = _Summary({"run": str(run.root), "baseline": config.baseline, "stages": {}})
     annotations = load_annotations(config.data.annotations)
-    media, report = _media(config, annotations, run, context)
+    media, report = _media(config, annotations, run, context, progress)
     summary.document["data"] = {
         "videos": len(annotations.records), "found": len(media), "missing": len(report.missing),
         "unreadable": len(report.unreadable), "clipped_segments": annotations.clipped,
@@ -116,9 +117,20 @@ def run_pipeline(
     return RunResult(document, interrupted)
 
 
-def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext):
-    """Find and probe every annotated video once, up front; list what is missing."""
-    report = check_media(annotations.records, config.data.media_root, frames=config.data.frames)
+def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext,
+           progress: StageProgress):
+    """Find and probe every annotated video once, up front (never fail mid-epoch); list
+    what is missing or unreadable."""
+    progress.start("checking media", len(annotations.records))
+    done = [0]
+
+    def advance(count: int, total: int) -> None:
+        progress.advance(count - done[0])
+        done[0] = count
+
+    report = check_media(annotations.records, config.data.media_root, frames=config.data.frames,
+                         progress=advance, workers=min(4, os.cpu_count() or 1))
+    progress.stop()
     if context.is_main and (report.missing or report.unreadable):
         write_listing(report, run.root / "media_problems.txt")
     return dict(report.found), report

@@ -29,10 +29,15 @@ CACHE_ENV = "LOFI_CACHE"
 _ARRAYS = ("ops", "ids", "sizes", "categories")
 
 
-def default_root() -> Path:
+def cache_root() -> Path:
+    """$LOFI_CACHE, else ~/.cache/lofi: where lofi keeps what it can rebuild (traces,
+    the synthetic dataset)."""
     base = os.environ.get(CACHE_ENV)
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "lofi"
-    return root / "traces"
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "lofi"
+
+
+def default_root() -> Path:
+    return cache_root() / "traces"
 
 
 def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:

@@ -83,11 +83,15 @@ def _check_fresh(options: dict[str, Any], run_dir: Path) -> None:
                           "afresh, another --name starts a new one")
 
 
-def _resolve_data(options: dict[str, Any]):
+def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
+    """The run's data (the synthetic default without --annotations); `quiet` for the
+    ranks that only read what rank 0 generated."""
     from lofi.train.setup import DataOptions, resolve_data
 
     data = DataOptions(options["annotations"], options["videos_dir"], options["frames_dir"], options["classification"],
                        options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"])
+    if quiet:
+        return resolve_data(data)
     if data.annotations is None:
         err_console.print("no --annotations: using the synthetic dataset (lofi data synth), cached after the first run",
                           highlight=False)
@@ -138,7 +142,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             barrier(context)
             resolved = _resolve_data(options) if context.is_main else None
             barrier(context)
-            resolved = resolved or _resolve_data_quietly(options)
+            resolved = resolved or _resolve_data(options, quiet=True)
             if options["plan_path"]:
                 plan = load_plan(options["plan_path"])
             elif context.is_main:
@@ -171,14 +175,6 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
         raise OptionError(f"CUDA out of memory outside the LoFi stage: {str(error).splitlines()[0]}") from None
     finally:
         teardown_distributed()
-
-
-def _resolve_data_quietly(options: dict[str, Any]):
-    from lofi.train.setup import DataOptions, resolve_data
-
-    return resolve_data(DataOptions(options["annotations"], options["videos_dir"], options["frames_dir"],
-                                    options["classification"], options["full_tr"], options["full_sr"],
-                                    options["frames_per_snippet"], options["stride"]))
 
 
 def _overrides(options: dict[str, Any]):

@@ -6,9 +6,6 @@ in docs/synthetic.md with the command that produced them."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from lofi.train.config import OptimConfig
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec
@@ -42,8 +39,3 @@ CPU_EPOCH_BUDGET_SECONDS = 90.0  # per LoFi epoch over the 90 synthetic training
 CPU_LOFI_RECIPE = OptimConfig("adam", lr=1e-3, epochs=10, weight_decay=1e-4, step_epochs=7, gamma=0.5)
 CPU_HEAD_RECIPE = OptimConfig("adam", lr=4e-3, epochs=10, weight_decay=1e-4, step_epochs=5, gamma=0.1)
 CPU_HEAD_BATCH = 4
-
-
-def cache_dir() -> Path:
-    """$LOFI_CACHE, else ~/.cache/lofi (the synthetic data and the planner's traces)."""
-    return Path(os.environ.get("LOFI_CACHE") or Path.home() / ".cache" / "lofi")

@@ -63,8 +63,9 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         if options.videos or options.frames or options.classification:
             raise OptionError("--videos/--frames/--classification need --annotations")
         from lofi.data.synth import SynthConfig, ensure_synthetic
+        from planner.trace_cache import cache_root
 
-        paths = ensure_synthetic(defaults.cache_dir(), SynthConfig(), progress=progress)
+        paths = ensure_synthetic(cache_root(), SynthConfig(), progress=progress)
         full = defaults.SYNTH_FULL_FIDELITY
         data = DataConfig(
             annotations=str(paths.annotations), media_root=str(paths.videos_dir), classification=str(paths.classification),

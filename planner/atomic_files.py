@@ -5,6 +5,7 @@ results, datasets) alike."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -13,8 +14,12 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then move it into place."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, before_replace: Callable[[], None] | None = None
+) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, then move it into place.
+    `before_replace` runs once the new content is whole on disk, just before the rename
+    (checkpoint rotation: nothing old is touched until the new file is safe)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -26,6 +31,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
+        if before_replace is not None:
+            before_replace()
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -40,6 +47,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, document: Any) -> Path:
     return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """The temporary files `atomic_write` leaves beside `folder/name` when killed."""
+    return sorted(Path(folder).glob(f".{glob.escape(name)}.*.tmp"))
 
 
 def _fsync_directory(folder: Path) -> None:

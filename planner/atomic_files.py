@@ -49,6 +49,17 @@ def atomic_write_json(path: str | os.PathLike, document: Any) -> Path:
     return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise OSError now, before any long work, if `path` (a file written later with
+    `atomic_write`) could not be: its folder cannot be created or takes no new file
+    (read-only file system, no permission)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    os.unlink(temporary)
+
+
 def temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
     """The temporary files `atomic_write` leaves beside `folder/name` when killed."""
     return sorted(Path(folder).glob(f".{glob.escape(name)}.*.tmp"))

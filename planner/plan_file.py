@@ -23,6 +23,7 @@ from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 from planner.strict_json import Node as _Node
 from planner.strict_json import kind as _kind
+from planner.strict_json import read_json_file
 
 SCHEMA = "lofi.plan"
 VERSION = 1
@@ -219,13 +220,11 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
 def load_plan(path: str | os.PathLike) -> Plan:
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        document = read_json_file(source)
     except FileNotFoundError as error:
         raise PlanFileError(f"plan file not found: {source} (run `lofi plan` to make one)") from error
     except (OSError, UnicodeDecodeError) as error:
         raise PlanFileError(f"cannot read plan file {source}: {error}") from error
-    try:
-        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise PlanFileError(f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from error
     return plan_from_dict(document, str(source))
@@ -272,6 +271,8 @@ def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:
         created=root.str("created"),
     )
     root.done()
+    if plan.chosen not in {entry.candidate for entry in candidates}:
+        raise root.fail("chosen", "is none of the candidates (a plan trains one of the candidates it ranks)")
     return plan
 
 

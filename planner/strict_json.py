@@ -4,6 +4,8 @@ rejects keys nobody asked for. Errors are PlanFileError."""
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from planner.errors import PlanFileError
@@ -91,3 +93,45 @@ class Node:
 def kind(value: Any) -> str:
     """A JSON type name for messages."""
     return "null" if value is None else type(value).__name__
+
+
+MAX_JSON_BYTES = 1 << 30  # no input of lofi's is near 1 GiB (ActivityNet's results: ~50 MB)
+
+
+class JsonLimitError(json.JSONDecodeError):
+    """A JSON file too large or nested too deeply to parse safely; callers that catch
+    JSONDecodeError report it as any other malformed file."""
+
+
+def read_json_file(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
+    """Parse the JSON file `path`, reading at most `limit` bytes (a device such as
+    /dev/zero, or a huge file, is refused instead of exhausting memory) and refusing
+    nesting deeper than Python can parse. Raises OSError (unreadable), UnicodeDecodeError
+    (not UTF-8) or json.JSONDecodeError (malformed, too large, too deep)."""
+    chunks, size = [], 0
+    try:
+        with open(path, "rb") as handle:
+            while size <= limit:
+                chunk = handle.read(min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        if size > limit:
+            raise JsonLimitError(f"larger than {limit >> 20} MiB, not read", "", 0)
+        text = b"".join(chunks).decode("utf-8")
+    except MemoryError:
+        raise JsonLimitError("too large to read in the memory available", "", 0) from None
+    del chunks
+    return parse_json(text)
+
+
+def parse_json(text: str) -> Any:
+    """json.loads, with nesting deeper than the recursion limit (a RecursionError) or a
+    document too large for memory reported as a JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JsonLimitError("nested too deeply", text, 0) from None
+    except MemoryError:
+        raise JsonLimitError("too large to parse in the memory available", text, 0) from None

@@ -53,6 +53,9 @@ class _LofiGroup(LazyGroup):
             fail(str(error), error.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except OSError as error:  # a file system refusing a write (read-only, full, no permission)
+            where = f"{error.filename}: " if error.filename else ""
+            fail(f"{where}{error.strerror or error}", 2)
 
 
 @click.group(cls=_LofiGroup, context_settings={"help_option_names": ["-h", "--help"]})

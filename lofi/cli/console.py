@@ -1,10 +1,23 @@
 """One console for results (stdout) and one for errors and progress (stderr)."""
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def writable(path: Path, option: str) -> None:
+    """An OptionError now if the file `path` given to `option` could not be written."""
+    from lofi.errors import OptionError
+    from planner.atomic_files import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise OptionError(f"{option} {path}: cannot write there ({error.strerror or error})") from None
 
 
 def fail(message: str, exit_code: int = 2) -> None:

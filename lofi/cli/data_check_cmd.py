@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lofi.cli.console import console, err_console
+from lofi.cli.console import console, err_console, writable
 
 SUBSET_CHOICES = ("training", "validation", "testing")
 
@@ -38,6 +38,8 @@ def check(annotations_path: Path, videos: Path, frames: bool, subsets: tuple[str
     from lofi.data.annotations import load_annotations
     from lofi.data.media import check_media, write_listing
 
+    if listing is not None:
+        writable(listing, "--listing")  # before probing every video, not after
     annotations = load_annotations(annotations_path, subsets=subsets or None)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err_console, transient=True) as bar:

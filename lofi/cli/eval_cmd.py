@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+MAX_THRESHOLDS = 1000  # a 'start:step:stop' range longer than this is a typo, not a request
+
 
 @click.command("eval")
 @click.option("--gt", "gt_path", required=True, type=click.Path(path_type=Path),
@@ -76,15 +78,17 @@ def parse_thresholds(text: str) -> list[float]:
     try:
         if ":" in text:
             start, step, stop = (float(part) for part in text.split(":"))
+            if not (np.isfinite([start, step, stop]).all() and step > 0):
+                raise ValueError  # checked before dividing by the step
             count = round((stop - start) / step) + 1
-            if step <= 0 or count < 1 or abs(start + (count - 1) * step - stop) > 1e-9:
+            if not 1 <= count <= MAX_THRESHOLDS or abs(start + (count - 1) * step - stop) > 1e-9:
                 raise ValueError
             return np.linspace(start, stop, count).tolist()
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise OptionError(
-            f"--tiou-thresholds {text!r}: expected 'a,b,c' or 'start:step:stop' with stop "
-            "reached by whole steps"
+            f"--tiou-thresholds {text!r}: expected 'a,b,c' or 'start:step:stop' with a step > 0 "
+            f"and stop reached by at most {MAX_THRESHOLDS} whole steps"
         ) from None
 
 

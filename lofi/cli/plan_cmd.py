@@ -47,7 +47,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
          global_batch, no_accumulation, optimizer, margin, videos, annotations, out, as_json, measure, show_all,
          max_epoch_hours) -> None:
     """Estimate every candidate configuration, pick the best that fits, write plan.json."""
-    from lofi.cli.console import console, err_console
+    from lofi.cli.console import console, err_console, writable
     from lofi.cli.plan_render import gather_report, render_report, report_from_plan
     from planner.choose import require_choice, usable_bytes
     from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
@@ -71,6 +71,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         nodes=nodes,
         optimizer=optimizer,
     )
+    writable(out, "--out")  # before the planning work, not after it
     target = resolve_target(gpu_name, list_profiles(), gpus=gpus)
     profile = target.profile
     usable = usable_bytes(profile, margin)

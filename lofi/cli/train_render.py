@@ -44,6 +44,12 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
 def render_summary(summary: dict[str, Any], console: Console) -> None:
     for table in summary_tables(summary):
         console.print(table)
+    unscored = ((summary.get("metrics") or {}).get("detection") or {}).get("unscored_classes")
+    if unscored:
+        subset = summary["metrics"]["detection"]["subset"]
+        console.print(f"[yellow]warning:[/] class(es) {', '.join(unscored)} have no ground truth in the '{subset}' "
+                      "subset: their detections are not scored (as the official ActivityNet evaluation)",
+                      highlight=False)
     data = summary.get("data") or {}
     if data.get("missing") or data.get("unreadable"):
         console.print(f"[yellow]{data['missing']} video(s) missing and {data['unreadable']} unreadable were "

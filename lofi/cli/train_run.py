@@ -3,6 +3,7 @@ torchrun for several processes, run the pipeline, render the summary."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ def run_training(options: dict[str, Any], argv: list[str]) -> None:
         if code:
             raise SystemExit(code)
         return
-    _train_here(options, run_dir)
+    from lofi.train.run_lock import claim_run_folder
+
+    with claim_run_folder(run_dir, enabled=os.environ.get("RANK", "0") == "0", notify=_note):
+        _train_here(options, run_dir)
+
+
+def _note(message: str) -> None:
+    err_console.print(f"[yellow]note:[/] {message}", highlight=False)
 
 
 def _run_dir(options: dict[str, Any]) -> Path:
@@ -117,6 +125,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
     from lofi.train.config import load_config
     from lofi.train.distributed import barrier, setup_distributed, teardown_distributed
     from lofi.train.pipeline import STAGES, run_pipeline
+    from lofi.train.plan_check import check_plan
     from lofi.train.precision import check_precision
     from lofi.train.progress import NullProgress, RichProgress
     from lofi.train.run_folder import RunFolder
@@ -155,6 +164,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
                                   baseline=options["baseline"])
         _check_world(plan, context)
+        check_plan(plan, config, context.device, force=options["force"], notify=_note if context.is_main else None)
         check_precision(context.device, plan.chosen.precision)
         if context.is_main:
             _render_plan(plan, config)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lofi.errors import InputFileError, OptionError
+from planner.strict_json import read_json_file
 
 SUBSETS: tuple[str, ...] = ("training", "validation", "testing")
 # Spellings seen in converted files (e.g. THUMOS14 as "Validation"/"Test").
@@ -69,7 +71,9 @@ def check_video_id(video_id: object, where: str = "") -> str:
     """Return `video_id` if it is safe as a file name part, else raise InputFileError.
 
     Rejected: non-strings, empty ids, path separators, `..`, NUL and ids that start
-    with `.` (hidden files), because ids become paths under the media folder."""
+    with `.` (hidden files), because ids become paths under the media folder; control
+    characters (newline, tab, ...), because ids become rows of listings
+    (data_check.tsv, media_problems.txt) where they would forge extra rows."""
     prefix = f"{where}: " if where else ""
     if not isinstance(video_id, str) or not video_id:
         raise InputFileError(f"{prefix}video id {video_id!r} must be a non-empty string")
@@ -78,6 +82,10 @@ def check_video_id(video_id: object, where: str = "") -> str:
         raise InputFileError(
             f"{prefix}video id {video_id!r} contains a path separator, '..' or a leading '.'; "
             "ids must be plain file names")
+    control = next((c for c in video_id if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise InputFileError(f"{prefix}video id {video_id!r} contains the control character {control!r}; "
+                             "ids must be plain file names")
     return video_id
 
 
@@ -133,13 +141,11 @@ def load_annotations(
 
 def _read_database(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        document = read_json_file(path)
     except FileNotFoundError:
         raise InputFileError(f"{path}: annotation file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputFileError(f"{path}: cannot read the annotation file ({error})") from None
-    try:
-        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputFileError(
             f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None

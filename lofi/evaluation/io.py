@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lofi.errors import InputFileError
+from planner.strict_json import read_json_file
 
 _NUMBER_TYPES = {int, float}
 
@@ -69,8 +70,7 @@ def read_json(path: str | Path, what: str) -> object:
     """Parse a JSON file; a missing, unreadable or malformed file is an InputFileError."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            return json.load(handle)
+        return read_json_file(path)
     except FileNotFoundError:
         raise InputFileError(f"{what} file {path} does not exist") from None
     except IsADirectoryError:

@@ -4,13 +4,13 @@ folder and every checkpoint, loaded strictly (unknown keys are errors)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lofi.errors import InputFileError, OptionError
 from planner.fidelity import Fidelity
+from planner.strict_json import read_json_file
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class DataConfig:
     full_fidelity: Fidelity = Fidelity(100, 224)  # feature extraction and head training
     stride: int = 8  # source frames between a snippet's frames (paper: 64 frames -> 8)
 
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise OptionError(f"stride (--stride) must be >= 1, got {self.stride}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -88,6 +92,8 @@ class TrainConfig:
         for name in ("head_batch", "feature_batch", "checkpoint_every", "log_every", "short_cycle_batches"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise OptionError(f"num_workers (--workers) must be >= 0, got {self.num_workers}")
 
 
 def bn_frozen(config: TrainConfig) -> bool:
@@ -108,10 +114,10 @@ def config_from_dict(document: dict[str, Any], source: str = "config") -> TrainC
 
 def load_config(path: str | Path) -> TrainConfig:
     try:
-        document = json.loads(Path(path).read_text())
+        document = read_json_file(path)
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:
         raise InputFileError(f"{path}: not a readable JSON config ({error})") from None
     return config_from_dict(document, str(path))
 

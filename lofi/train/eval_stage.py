@@ -5,7 +5,6 @@ are written in the official format and scored with lofi.evaluation."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lofi.data.annotations import VideoRecord
+from lofi.data.annotations import AnnotationSet, VideoRecord
 from lofi.errors import InputFileError
 from lofi.evaluation import evaluate_detection, evaluate_proposals, load_ground_truth
 from planner.atomic_files import atomic_write_json
+from planner.strict_json import read_json_file
 from lofi.models.postprocess import detection_entries, proposal_entries, proposals_from_output
 from lofi.models.soft_nms import SOFT_NMS_PRESETS, soft_nms
 
@@ -34,10 +34,10 @@ def load_class_scores(path: str | Path, class_names: Sequence[str]) -> dict[str,
     """Video-level class scores `{"results": {vid: [score per class]}, "class": [names]}`,
     reordered to `class_names`. Also accepts `{"results": {vid: [{"label", "score"}]}}`."""
     try:
-        document = json.loads(Path(path).read_text())
+        document = read_json_file(path)
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such classification file") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:
         raise InputFileError(f"{path}: not a readable JSON file ({error})") from None
     results = document.get("results") if isinstance(document, dict) else None
     if not isinstance(results, dict):
@@ -61,6 +61,19 @@ def load_class_scores(path: str | Path, class_names: Sequence[str]) -> dict[str,
                 vector[position[label]] = float(score)
         out[video_id] = vector
     return out
+
+
+def check_class_scores(path: str | Path, annotations: AnnotationSet, subset: str) -> None:
+    """Before training: the classification file covers every `subset` video of the
+    annotations and scores at least one of their classes; errors name the file."""
+    scores = load_class_scores(path, annotations.classes)
+    missing = [r.video_id for r in annotations.records if r.subset == subset and r.video_id not in scores]
+    if missing:
+        raise InputFileError(f"{path}: no class scores for {len(missing)} '{subset}' video(s) of "
+                             f"{annotations.path}, e.g. {missing[0]!r}")
+    if scores and not any(vector.any() for vector in scores.values()):
+        raise InputFileError(f"{path}: none of its class labels is a class of {annotations.path} "
+                             f"({', '.join(annotations.classes[:3])}, ...)")
 
 
 @torch.inference_mode()
@@ -117,6 +130,11 @@ def write_and_evaluate(
                    for vid, p in proposals.items()}
         detection_doc = {"version": "lofi", "external_data": {}, "results": results}
         atomic_write_json(results_path, detection_doc)
+        # A class of the dataset without ground truth in this subset (a small validation
+        # set) is not scored: the official code's mAP averages over the subset's classes
+        # (eval_detection.py builds activity_index from the subset's ground truth).
+        unscored = [name for name in class_names if name not in ground_truth.classes]
         detection = evaluate_detection(ground_truth, detection_doc, subset=subset,
-                                       ignore_unknown_labels=False).to_json()
+                                       ignore_unknown_labels=bool(unscored)).to_json()
+        detection["unscored_classes"] = unscored
     return EvalOutcome(len(proposals), detection, proposal_result)

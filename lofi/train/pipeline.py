@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.data.media import check_media, write_listing
-from lofi.errors import CheckpointError, OptionError
+from lofi.errors import CheckpointError, LofiError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
 from lofi.models.heads import build_head
@@ -80,7 +80,7 @@ def run_pipeline(
         atomic_write_json(run.config, config_to_dict(config))
         save_plan(plan, run.plan)
     barrier(context)
-    summary = _Summary({"run": str(run.root), "baseline": config.baseline, "stages": {}})
+    summary = _Summary({"run": str(run.root), "baseline": config.baseline, "resumed": resume, "stages": {}})
     annotations = load_annotations(config.data.annotations)
     media, report = _media(config, annotations, run, context, progress)
     summary.document["data"] = {
@@ -96,25 +96,34 @@ def run_pipeline(
     candidate = plan.chosen
     interrupted = False
 
-    if "lofi" in stages and not config.baseline:
-        outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
-                                                 run, context, log, stop, progress, resume, on_step, summary)
-        interrupted = not outcome.completed
-    if not interrupted and "features" in stages:
-        _features(config, candidate, train_records + eval_records, media, classes, run, context, progress, summary)
-    if not interrupted and context.is_main and "head" in stages:
-        interrupted = not _head(config, train_records, run, context.device, log, stop, progress, resume, summary)
-    if not interrupted and context.is_main and "eval" in stages:
-        _evaluate(config, eval_records, classes, run, context.device, summary)
+    try:
+        if "lofi" in stages and not config.baseline:
+            outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
+                                                     run, context, log, stop, progress, resume, on_step, summary)
+            interrupted = not outcome.completed
+        if not interrupted and "features" in stages:
+            _features(config, candidate, train_records + eval_records, media, classes, run, context, progress, summary)
+        if not interrupted and context.is_main and "head" in stages:
+            interrupted = not _head(config, train_records, run, context.device, log, stop, progress, resume, summary)
+        if not interrupted and context.is_main and "eval" in stages:
+            _evaluate(config, eval_records, classes, run, context.device, summary)
+    except LofiError as error:  # what the finished stages measured is kept, with the error
+        summary.document["error"] = str(error)
+        _write_summary(run, summary.document, plan, interrupted, context)
+        raise
     barrier(context)
-    document = summary.document
+    _write_summary(run, summary.document, plan, interrupted, context)
+    return RunResult(summary.document, interrupted)
+
+
+def _write_summary(run: RunFolder, document: dict[str, Any], plan: Plan, interrupted: bool,
+                   context: DistContext) -> None:
     document["interrupted"] = interrupted
     document["plan"] = {"hardware": plan.hardware.name, "chosen": plan_to_dict(plan)["chosen"],
                         "estimated_total_bytes": plan.memory.total}
     if context.is_main:
         _merge_previous(run, document)
         atomic_write_json(run.summary, document)
-    return RunResult(document, interrupted)
 
 
 def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext,
@@ -287,14 +296,18 @@ def _describe(candidate: Candidate) -> str:
 
 def _merge_previous(run: RunFolder, document: dict[str, Any]) -> None:
     """Keep what earlier invocations (other --stage runs) recorded for stages not rerun."""
-    import json
+    from planner.strict_json import read_json_file
 
     if not run.summary.exists():
         return
     try:
-        previous = json.loads(run.summary.read_text())
+        previous = read_json_file(run.summary)
     except (OSError, ValueError):
         return
+    lofi, earlier = document["stages"].get("lofi"), previous.get("stages", {}).get("lofi")
+    if lofi and earlier and document.get("resumed"):  # a resumed LoFi stage: the time of every invocation
+        lofi["seconds"] = round(lofi["seconds"] + earlier.get("seconds", 0.0), 2)
+        lofi["last_loss"] = lofi["last_loss"] if lofi["last_loss"] is not None else earlier.get("last_loss")
     for name, values in previous.get("stages", {}).items():
         document["stages"].setdefault(name, values)
     if "metrics" not in document and "metrics" in previous:

@@ -69,7 +69,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         full = defaults.SYNTH_FULL_FIDELITY
         data = DataConfig(
             annotations=str(paths.annotations), media_root=str(paths.videos_dir), classification=str(paths.classification),
-            full_fidelity=_fidelity(options, full), stride=options.stride or defaults.SYNTH_STRIDE,
+            full_fidelity=_fidelity(options, full), stride=_given(options.stride, defaults.SYNTH_STRIDE),
         )
         synthetic = True
     else:
@@ -81,28 +81,40 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         data = DataConfig(
             annotations=options.annotations, media_root=str(root), frames=options.frames is not None,
             classification=options.classification, full_fidelity=_fidelity(options, Fidelity(100, 224, 8)),
-            stride=options.stride or 8,
+            stride=_given(options.stride, 8),
         )
         synthetic = False
-    training = len(load_annotations(data.annotations, subsets=[data.train_subset]).records)
+    annotations = load_annotations(data.annotations)
+    training = sum(record.subset == data.train_subset for record in annotations.records)
     if training == 0:
         raise OptionError(f"{data.annotations}: no video in the '{data.train_subset}' subset")
+    if data.classification is not None:
+        from lofi.train.eval_stage import check_class_scores
+
+        check_class_scores(data.classification, annotations, data.eval_subset)  # before any training
     return ResolvedData(data, synthetic, training)
 
 
 def _fidelity(options: DataOptions, default: Fidelity) -> Fidelity:
     try:
-        return Fidelity(options.full_tr or default.tr, options.full_sr or default.sr,
-                        options.frames_per_snippet or default.frames_per_snippet)
+        return Fidelity(_given(options.full_tr, default.tr), _given(options.full_sr, default.sr),
+                        _given(options.frames_per_snippet, default.frames_per_snippet))
     except ValueError as error:
-        raise OptionError(f"full fidelity: {error}") from None
+        raise OptionError(f"full fidelity (--full-tr, --full-sr, --frames-per-snippet): {error}") from None
+
+
+def _given(value: int | None, default: int) -> int:
+    """The option's value when given (0 included: an error later, never a silent default)."""
+    return default if value is None else value
 
 
 def auto_plan(
     resolved: ResolvedData, options: PlanOptions, *, progress: Callable[[int, int], None] | None = None
 ) -> tuple[Plan, tuple[str, ...]]:
     """Plan for the hardware found here (or --gpu NAME): the synthetic default on a CPU
-    gets the CPU grid and time budget; everything else the paper's grid."""
+    gets the CPU grid; everything else the paper's grid. Only a time budget the user gave
+    (--max-epoch-hours) rejects candidates: the default's target time per epoch never
+    does (a busy machine still trains, slower); a notice says how long an epoch takes."""
     from lofi.plan_workload import lofi_workload
     from planner.cpu_speed import with_measured_speed
     from planner.grid import GridSpec
@@ -114,12 +126,13 @@ def auto_plan(
     profile = target.profile
     frames = resolved.data.full_fidelity.frames_per_snippet
     budget = None if options.max_epoch_hours is None else options.max_epoch_hours * 3600
+    target_seconds = None
     if profile.kind == "cpu":
         profile = with_measured_speed(profile)
     if profile.kind == "cpu" and resolved.synthetic:
         spec = replace(defaults.CPU_GRID, gpus=options.gpus, nodes=options.nodes, head=options.head,
                        backbones=options.backbones or defaults.CPU_GRID.backbones)
-        budget = budget if budget is not None else defaults.CPU_EPOCH_BUDGET_SECONDS
+        target_seconds = defaults.CPU_EPOCH_BUDGET_SECONDS
     else:
         base = GridSpec()
         spec = replace(
@@ -131,7 +144,26 @@ def auto_plan(
     request = PlanRequest(spec, profile, margin=options.margin, videos_per_epoch=resolved.training_videos,
                           dataset=f"the training subset of {resolved.data.annotations}", detected=target.detected,
                           notices=target.notices, max_seconds_per_epoch=budget)
-    return make_plan(request, lofi_workload(), progress=progress), target.notices
+    plan = make_plan(request, lofi_workload(), progress=progress)
+    notices = target.notices + _duration_notice(plan, target_seconds)
+    return replace(plan, notices=plan.notices + notices[len(target.notices):]), notices
+
+
+def _duration_notice(plan: Plan, target_seconds: float | None) -> tuple[str, ...]:
+    """How long a LoFi epoch of the chosen candidate is estimated to take here, and
+    whether that is over the time the default is sized for."""
+    if plan.time is None:
+        return ()
+    epoch = plan.time.seconds_per_epoch
+    message = f"the LoFi stage is estimated at {_minutes(epoch)} per epoch on {plan.hardware.display_name}"
+    if target_seconds is not None and epoch > target_seconds:
+        message += (f", over the {_minutes(target_seconds)} the default is sized for (a busy or slow machine): "
+                    "the run trains anyway and takes longer; --max-epoch-hours sets a limit")
+    return (message,)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides, *, pretrained: str | None,

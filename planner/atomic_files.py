@@ -28,9 +28,7 @@ def atomic_write(
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; these are ordinary files
+        honour_umask(temporary)
         if before_replace is not None:
             before_replace()
         os.replace(temporary, target)
@@ -47,6 +45,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, document: Any) -> Path:
     return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give a file made by mkstemp (always 0600) the mode an ordinary new file gets
+    under the process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def check_writable(path: str | os.PathLike) -> None:

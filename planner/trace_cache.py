@@ -6,7 +6,7 @@ code itself (so a changed tracer never reads old traces). Writes are atomic
 (temporary file in the same folder, fsync, os.replace); a file that cannot be read, or
 whose stored key differs, is ignored (and replaced by the next write).
 
-Location: $LOFI_CACHE/traces, else ~/.cache/lofi/traces.
+Location: $LOFI_CACHE/traces, else $XDG_CACHE_HOME/lofi/traces, else ~/.cache/lofi/traces.
 """
 
 from __future__ import annotations
@@ -30,10 +30,16 @@ _ARRAYS = ("ops", "ids", "sizes", "categories")
 
 
 def cache_root() -> Path:
-    """$LOFI_CACHE, else ~/.cache/lofi: where lofi keeps what it can rebuild (traces,
-    the synthetic dataset)."""
+    """$LOFI_CACHE, else $XDG_CACHE_HOME/lofi, else ~/.cache/lofi: where lofi keeps
+    what it can rebuild (traces, the synthetic dataset). An XDG_CACHE_HOME that is not
+    an absolute path is ignored, as the XDG Base Directory specification says."""
     base = os.environ.get(CACHE_ENV)
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "lofi"
+    if base:
+        return Path(base).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "lofi"
+    return Path.home() / ".cache" / "lofi"
 
 
 def default_root() -> Path:

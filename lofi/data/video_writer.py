@@ -29,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from planner.atomic_files import honour_umask
+
 # File suffix -> FFmpeg muxer name.
 CONTAINERS: dict[str, str] = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 # Encoders that take x264's private options.
@@ -85,6 +87,7 @@ def write_video(
                 preset, keyframe_interval, audio)
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
+        honour_umask(temp)  # mkstemp made it 0600
         os.replace(temp, path)
     finally:
         if temp.exists():

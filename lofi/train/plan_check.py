@@ -20,19 +20,24 @@ def check_plan(plan: Plan, config: TrainConfig, device: torch.device, *, force: 
                notify: Callable[[str], None] | None = None) -> None:
     """Raise OptionError for a plan this lofi cannot train (unknown names) or, without
     `force`, one made for other hardware; `notify` gets the warnings."""
-    from lofi.models.encoders import ENCODERS
-    from lofi.models.heads import HEADS
-
-    for what, name, known in (("encoder", plan.chosen.backbone, ENCODERS), ("head", plan.chosen.head, HEADS),
-                              ("encoder", config.backbone, ENCODERS), ("head", config.head, HEADS)):
-        if name not in known:
-            raise OptionError(f"unknown {what} {name!r} in the plan; this lofi has {', '.join(sorted(known))}")
+    check_names(plan.chosen.backbone, plan.chosen.head)
+    check_names(config.backbone, config.head)
     problems, notes = hardware_mismatch(plan, device)
     if problems and not force:
         raise OptionError(f"{problems[0]}; make a plan here (lofi train --auto, or lofi plan), or give --force "
                           "to train this plan anyway")
     for message in [*problems, *notes] if notify is not None else ():
         notify(message)
+
+
+def check_names(backbone: str, head: str) -> None:
+    """The plan's encoder and head are in this lofi's registries."""
+    from lofi.models.encoders import ENCODERS
+    from lofi.models.heads import HEADS
+
+    for what, name, known in (("encoder", backbone, ENCODERS), ("head", head, HEADS)):
+        if name not in known:
+            raise OptionError(f"unknown {what} {name!r} in the plan; this lofi has {', '.join(sorted(known))}")
 
 
 def hardware_mismatch(plan: Plan, device: torch.device) -> tuple[list[str], list[str]]:

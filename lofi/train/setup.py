@@ -170,6 +170,9 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
                  baseline: bool) -> TrainConfig:
     """The run's configuration: the plan's backbone and head, the stage recipes (the
     paper's, or the CPU defaults for the synthetic data on a CPU) with overrides."""
+    from lofi.train.plan_check import check_names
+
+    check_names(plan.chosen.backbone, plan.chosen.head)  # before the recipes are looked up by name
     cpu_synthetic = resolved.synthetic and plan.hardware.kind == "cpu"
     lofi_recipe = defaults.CPU_LOFI_RECIPE if cpu_synthetic else LOFI_RECIPE
     head_recipe = defaults.CPU_HEAD_RECIPE if cpu_synthetic else HEAD_RECIPES[plan.chosen.head]

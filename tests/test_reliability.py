@@ -317,3 +317,38 @@ def test_the_cache_follows_lofi_cache_then_xdg_cache_home(monkeypatch, tmp_path)
     monkeypatch.delenv("LOFI_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # not absolute: ignored (XDG spec)
     assert cache_root() == Path.home() / ".cache" / "lofi"
+
+
+def test_a_failed_start_leaves_nothing_so_a_retry_needs_no_overwrite(tiny_data, tmp_path):
+    save_plan(tiny_plan(), tmp_path / "plan.json")
+    (tmp_path / "empty").mkdir()
+    args = [*data_args(tiny_data), "--plan", tmp_path / "plan.json", "--stage", "lofi", "--epochs", 1,
+            "--freeze-bn", "--runs-dir", tmp_path / "runs"]
+    wrong = list(args)
+    wrong[wrong.index("--videos") + 1] = tmp_path / "empty"  # every video missing: fails after config.json
+    one_clear_line(cli("train", *wrong), "has readable media")
+    assert list((tmp_path / "runs").iterdir()) == []  # no config.json, plan.json, media_problems.txt
+    retry = cli("train", *args)
+    assert retry.exit_code == 0, retry.output
+    assert (tmp_path / "runs" / "lofi" / "config.json").exists()
+
+
+def test_after_a_resume_the_summary_has_the_lofi_stages_whole_time_and_last_loss(tiny_data, tmp_path):
+    from lofi.train.distributed import setup_distributed
+    from lofi.train.pipeline import run_pipeline
+    from lofi.train.run_folder import RunFolder
+    from lofi.train.stopping import StopRequest
+    from train_helpers import tiny_config
+
+    config, context, run = tiny_config(tiny_data), setup_distributed(prefer_cuda=False), RunFolder(tmp_path / "run")
+    with StopRequest() as stop:
+        first = run_pipeline(config, tiny_plan(), run, context, stages=("lofi",), stop=stop,
+                             on_step=lambda step: stop.request("test") if step == 3 else None)
+    assert first.interrupted
+    before = first.summary["stages"]["lofi"]["seconds"]
+    run_pipeline(config, tiny_plan(), run, context, stages=("lofi",), resume=True)
+    whole = json.loads(run.summary.read_text())["stages"]["lofi"]
+    assert whole["completed"] and whole["seconds"] > before and whole["last_loss"] is not None
+    run_pipeline(config, tiny_plan(), run, context, stages=("lofi",), resume=True)  # nothing left to train
+    again = json.loads(run.summary.read_text())["stages"]["lofi"]
+    assert again["seconds"] >= whole["seconds"] and again["last_loss"] == whole["last_loss"]

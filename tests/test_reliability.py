@@ -20,7 +20,7 @@ from lofi.cli import main
 from lofi.train.checkpoint import load_checkpoint
 from planner.fidelity import Fidelity
 from planner.plan_file import Hardware, plan_to_dict, save_plan
-from train_helpers import make_tiny_dataset, tiny_candidate, tiny_plan
+from train_helpers import data_args, make_tiny_dataset, tiny_candidate, tiny_plan
 
 UNWRITABLE = Path("/sys/kernel")  # exists, and takes no new file, not even from root
 
@@ -28,12 +28,6 @@ UNWRITABLE = Path("/sys/kernel")  # exists, and takes no new file, not even from
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("synth") / "data")
-
-
-def data_args(paths):
-    return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
-            "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
-            "--frames-per-snippet", "2", "--stride", "2"]
 
 
 def cli(*args):

@@ -98,6 +98,9 @@ def kind(value: Any) -> str:
 MAX_JSON_BYTES = 1 << 30  # no input of lofi's is near 1 GiB (ActivityNet's results: ~50 MB)
 
 
+_JSON_STARTS = frozenset(bytes([c]) for c in b'{["-0123456789tfn\xef')  # \xef: a UTF-8 byte-order mark
+
+
 class JsonLimitError(json.JSONDecodeError):
     """A JSON file too large or nested too deeply to parse safely; callers that catch
     JSONDecodeError report it as any other malformed file."""
@@ -111,10 +114,14 @@ def read_json_file(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
     chunks, size = [], 0
     try:
         with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > limit:  # a regular file: refused without reading
+                raise JsonLimitError(f"larger than {limit >> 20} MiB, not read", "", 0)
             while size <= limit:
                 chunk = handle.read(min(1 << 20, limit + 1 - size))
                 if not chunk:
                     break
+                if not chunks:
+                    _check_start(chunk)
                 chunks.append(chunk)
                 size += len(chunk)
         if size > limit:
@@ -124,6 +131,14 @@ def read_json_file(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
         raise JsonLimitError("too large to read in the memory available", "", 0) from None
     del chunks
     return parse_json(text)
+
+
+def _check_start(chunk: bytes) -> None:
+    """Refuse at once what cannot be JSON (/dev/zero, a binary file) instead of reading
+    up to the limit first."""
+    first = chunk.lstrip()[:1]
+    if first and first not in _JSON_STARTS:
+        raise JsonLimitError(f"starts with {first!r}, not a JSON value", "", 0)
 
 
 def parse_json(text: str) -> Any:

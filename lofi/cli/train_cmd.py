@@ -48,7 +48,7 @@ STAGE_NAMES = ("lofi", "features", "head", "eval")
 @click.option("--head-batch", type=int, help="Head stage batch size.")
 @click.option("--cycle", type=click.Choice(["long", "short"]), help="C-LoFi cycle: every epoch or every 16 batches.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
-@click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes (default 0).")
 @click.option("--checkpoint-every", type=int, help="Optimizer steps between checkpoints (default 50).")
 @click.option("--freeze-bn/--train-bn", default=None,
               help="BatchNorm statistics frozen or trained (default: frozen with --pretrained, trained without).")

@@ -164,7 +164,8 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
                                   baseline=options["baseline"])
         _check_world(plan, context)
-        check_plan(plan, config, context.device, force=options["force"], notify=_note if context.is_main else None)
+        check_plan(plan, config, context.device, force=options["force"] or (options["resume"] and stored),
+                   notify=_note if context.is_main else None)  # a resumed run's plan was accepted at its start
         check_precision(context.device, plan.chosen.precision)
         if context.is_main:
             _render_plan(plan, config)

@@ -34,8 +34,9 @@ def test_two_epoch_run_goes_through_all_four_stages(tiny_data, tmp_path):
     assert 0.0 <= summary["metrics"]["proposals"]["AUC"] <= 1.0
     results = json.loads(run.results.read_text())["results"]
     assert results and all(len(entries) > 0 for entries in results.values())
-    feature = torch.load(next(run.features.glob("synth_*.pt")), weights_only=True)
-    assert feature.shape == (512, 8)  # (C, full-fidelity TR)
+    stored = torch.load(next(run.features.glob("synth_*.pt")), weights_only=True)
+    assert stored["features"].shape == (512, 8)  # (C, full-fidelity TR)
+    assert stored["encoder"].startswith("lofi:tsm_r18:") and stored["fidelity"] == [8, 32, 2]
     for path in (run.config, run.plan, run.metrics, run.proposals):
         assert path.exists()
 

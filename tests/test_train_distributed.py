@@ -1,0 +1,165 @@
+"""The whole pipeline under torchrun with gloo processes on the CPU: two processes end
+with the metrics of one process at the same global batch; SIGTERM to the launcher stops
+every rank with a checkpoint and a resume under another world size finishes the run;
+two "nodes" meet through torchrun's c10d rendezvous on localhost; a plan for another
+world is refused with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from lofi.train.checkpoint import load_checkpoint
+from planner.plan_file import save_plan
+from train_helpers import make_tiny_dataset, tiny_candidate, tiny_plan
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOFI_COLLECTIVE_TIMEOUT": "120"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("synth") / "data")
+
+
+def data_args(paths):
+    return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
+            "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
+            "--frames-per-snippet", "2", "--stride", "2", "--freeze-bn", "--lr", "0.05"]
+
+
+def lofi_train(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lofi", "train", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def plan_for(tmp_path, name, *, batch, gpus=1, nodes=1):
+    plan = tiny_plan(tiny_candidate(batch_per_gpu=batch, gpus=gpus, nodes=nodes))
+    path = tmp_path / f"{name}.json"
+    save_plan(replace(plan, gpus=gpus, nodes=nodes), path)
+    return path
+
+
+def summary_of(tmp_path, name):
+    return json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+
+
+def assert_same_metrics(a, b):
+    """Every number of the detection and proposal results equal within float tolerance."""
+    assert a["metrics"]["proposals"]["AUC"] > 0  # something to compare
+    for kind in ("detection", "proposals"):
+        left, right = a["metrics"][kind], b["metrics"][kind]
+        for key, value in left.items():
+            if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+                assert right[key] == pytest.approx(value, abs=1e-4), (kind, key)
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_data, tmp_path_factory):
+    """One process, global batch 2 (2 x 1 x 1), all four stages."""
+    root = tmp_path_factory.mktemp("single")
+    plan = plan_for(root, "single", batch=2)
+    common = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(root / "runs")]
+    result = lofi_train([*common, "--plan", str(plan), "--name", "one"], root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return summary_of(root, "one")
+
+
+def test_two_gloo_processes_run_all_four_stages_with_the_metrics_of_one(tiny_data, single_run, tmp_path):
+    plan = plan_for(tmp_path, "double", batch=1, gpus=2)
+    args = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+            "--plan", str(plan), "--name", "two", "--gpus", "2"]
+    result = lofi_train(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = summary_of(tmp_path, "two")
+    assert not two["interrupted"]
+    assert two["stages"]["lofi"]["steps"] == single_run["stages"]["lofi"]["steps"] == 2
+    assert two["stages"]["features"]["ranks"] == 2
+    assert two["stages"]["features"]["extracted"] == single_run["stages"]["features"]["extracted"] == 6
+    assert two["stages"]["head"]["last_loss"] == pytest.approx(single_run["stages"]["head"]["last_loss"], rel=1e-3)
+    assert_same_metrics(single_run, two)
+    # rank 0 alone wrote the run-level files: every metrics line once
+    events = [json.loads(line) for line in (tmp_path / "runs" / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for e in events if e.get("event") == "epoch" and e.get("stage") == "lofi") == 1
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_and_a_one_process_resume_finishes(tiny_data, single_run,
+                                                                                   tmp_path):
+    plan = plan_for(tmp_path, "double", batch=1, gpus=2)
+    runs = tmp_path / "runs"
+    args = [*data_args(tiny_data), "--epochs", "6", "--head-epochs", "1", "--runs-dir", str(runs),
+            "--plan", str(plan), "--name", "run", "--gpus", "2", "--checkpoint-every", "1"]
+    launcher = subprocess.Popen([sys.executable, "-m", "lofi", "train", *args], cwd=tmp_path, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = runs / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and '"step"' in metrics.read_text()):
+        time.sleep(0.2)
+    signalled = time.time()
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert time.time() - signalled < 60, stderr[-2000:]
+    assert launcher.returncode == 130, stderr[-3000:]
+    assert "--resume" in stderr
+    stopped = load_checkpoint(runs / "run" / "lofi").state
+    assert 1 <= stopped["step"] < 12  # 4 training videos, global batch 2, 6 epochs
+    assert not (runs / "run" / "summary.json").exists() or json.loads(
+        (runs / "run" / "summary.json").read_text())["interrupted"]
+
+    # the same run folder, one process now: the plan is re-derived for the new world
+    # (batch 1 x 2 accumulation steps keeps the global batch of 2) and the run finishes
+    resumed = lofi_train(["--resume", "--runs-dir", str(runs), "--name", "run"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = summary_of(tmp_path, "run")
+    assert not summary["interrupted"]
+    assert load_checkpoint(runs / "run" / "lofi").state["step"] == 12
+    assert summary["metrics"]["proposals"]["AUC"] >= 0.0
+    stored_plan = json.loads((runs / "run" / "plan.json").read_text())
+    assert stored_plan["gpus"] == 1
+
+
+def test_two_nodes_meet_through_the_c10d_rendezvous_on_localhost(tiny_data, single_run, tmp_path):
+    plan = plan_for(tmp_path, "nodes", batch=1, gpus=1, nodes=2)
+    port = free_port()
+    args = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+            "--plan", str(plan), "--name", "nodes"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lofi-test",
+               "-m", "lofi", "train", *args]
+    nodes = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-3000:]
+    summary = summary_of(tmp_path, "nodes")
+    assert summary["stages"]["features"]["ranks"] == 2
+    assert_same_metrics(single_run, summary)
+
+
+def test_a_plan_for_another_world_is_one_clear_error(tiny_data, tmp_path):
+    plan = plan_for(tmp_path, "two_gpus", batch=1, gpus=2, nodes=1)
+    port = free_port()
+    args = [*data_args(tiny_data), "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"), "--plan", str(plan)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lofi-mismatch",
+               "-m", "lofi", "train", *args]
+    nodes = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=180) for node in nodes]
+    assert all(node.returncode != 0 for node in nodes)
+    stderr = "".join(err for _, err in outputs)
+    assert "the plan is for 2 GPU(s) x 1 node(s) but this run has 1 process(es) per node x 2 node(s)" in stderr
+    assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr

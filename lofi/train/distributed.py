@@ -2,12 +2,13 @@
 gloo processes on the CPU), the collectives the stages agree through, and the
 `--gpus N` launcher that starts torchrun.
 
-Two process groups: the default one (NCCL on GPUs, gloo on CPUs) carries gradients
-and per-step agreements and times out after `LOFI_COLLECTIVE_TIMEOUT` seconds (default
-600), so a rank that vanishes makes the others fail with `RankFailure` instead of
-hanging; a gloo group with a long timeout (`LOFI_HANDOFF_TIMEOUT`, default 24 h) orders
-the hand-offs between stages, where some ranks wait while others work (rank 0 trains
-the head while the others wait for it)."""
+Three process groups. The default one (NCCL on GPUs, gloo on CPUs) carries gradients,
+and a gloo group the per-step agreements (small CPU flags); both time out after
+`LOFI_COLLECTIVE_TIMEOUT` seconds (default 600), so a rank that dies or stops answering
+makes the others fail with `RankFailure` instead of hanging. A gloo group with a long
+timeout (`LOFI_HANDOFF_TIMEOUT`, default 24 h) orders the hand-offs between stages,
+where some ranks wait while others work (rank 0 trains the head while the others wait
+for it)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class DistContext:
     device: torch.device
     nodes: int = 1
     handoff_group: Any = field(default=None, compare=False, repr=False)
+    step_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -94,9 +96,11 @@ def setup_distributed(prefer_cuda: bool = True) -> DistContext:
     handoff = timedelta(seconds=_seconds("LOFI_HANDOFF_TIMEOUT", HANDOFF_TIMEOUT_S))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective)
-    group = dist.new_group(backend="gloo", timeout=handoff) if world_size > 1 else None
+    handoff_group = dist.new_group(backend="gloo", timeout=handoff) if world_size > 1 else None
+    step_group = dist.new_group(backend="gloo", timeout=collective) if world_size > 1 else None
     return DistContext(rank=dist.get_rank(), local_rank=local_rank, world_size=world_size, device=device,
-                       nodes=max(1, world_size // max(1, per_node)), handoff_group=group)
+                       nodes=max(1, world_size // max(1, per_node)), handoff_group=handoff_group,
+                       step_group=step_group)
 
 
 def teardown_distributed() -> None:
@@ -129,13 +133,15 @@ def barrier(context: DistContext, what: str = "a hand-off between stages") -> No
         _collective(what, lambda: dist.barrier(group=context.handoff_group))
 
 
-def agree(context: DistContext, *flags: bool, what: str = "an agreement between ranks") -> tuple[bool, ...]:
+def agree(context: DistContext, *flags: bool, what: str = "an agreement between ranks",
+          handoff: bool = False) -> tuple[bool, ...]:
     """Each flag true when it is true on any rank (one all-reduce MAX): how the ranks
-    agree to stop, or to fall back after one of them ran out of memory, at the same step."""
+    agree to stop, or to fall back after one of them ran out of memory, at the same step.
+    `handoff`: some ranks may arrive much later (the long-timeout group)."""
     if not context.distributed:
         return tuple(bool(f) for f in flags)
     values = torch.tensor([1.0 if f else 0.0 for f in flags])
-    group = context.handoff_group  # gloo on CPU tensors, whatever the default backend
+    group = context.handoff_group if handoff else context.step_group  # gloo: CPU tensors
     _collective(what, lambda: dist.all_reduce(values, op=dist.ReduceOp.MAX, group=group))
     return tuple(bool(v > 0) for v in values.tolist())
 
@@ -162,7 +168,7 @@ def average_gradients(parameters, context: DistContext, bucket_bytes: int = 25 *
     # in a single process; a rank whose videos were all skipped contributes zeros.
     used = torch.tensor([0.0 if p.grad is None else 1.0 for p in params])
     _collective("the gradient all-reduce", lambda: dist.all_reduce(used, op=dist.ReduceOp.MAX,
-                                                                  group=context.handoff_group))
+                                                                  group=context.step_group))
     for p, flag in zip(params, used.tolist()):
         if flag > 0 and p.grad is None:
             p.grad = torch.zeros_like(p)

@@ -113,7 +113,7 @@ def run_pipeline(
     if not interrupted and "head" in stages:
         stopped = context.is_main and not _head(config, train_records, run, context.device, log, stop,
                                                 progress, resume, summary)
-        interrupted = agree(context, stopped, what="the end of the head stage")[0]
+        interrupted = agree(context, stopped, what="the end of the head stage", handoff=True)[0]
     if not interrupted and "eval" in stages:
         if context.is_main:
             _evaluate(config, eval_records, classes, run, context.device, summary)

@@ -163,3 +163,20 @@ def test_a_plan_for_another_world_is_one_clear_error(tiny_data, tmp_path):
     stderr = "".join(err for _, err in outputs)
     assert "the plan is for 2 GPU(s) x 1 node(s) but this run has 1 process(es) per node x 2 node(s)" in stderr
     assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
+
+
+def test_gpus_n_with_a_plan_for_one_gpu_fails_with_one_line_and_no_traceback(tiny_data, tmp_path):
+    plan = plan_for(tmp_path, "one_gpu", batch=2)
+    result = lofi_train([*data_args(tiny_data), "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"),
+                         "--plan", str(plan), "--gpus", "2"], tmp_path)
+    assert result.returncode == 2
+    assert "the plan is for 1 GPU(s) x 1 node(s) but this run has 2 process(es) per node" in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
+def test_the_launcher_reports_the_code_that_says_most():
+    from lofi.train.launch import exit_code
+
+    assert exit_code([1, 2]) == 2  # a rank's user error over the others' "peer gone"
+    assert exit_code([1, 130]) == 130
+    assert exit_code([-9, 1]) == 137  # SIGKILL, as a shell reports it

@@ -205,11 +205,12 @@ def broadcast_parameters(module: torch.nn.Module, context: DistContext, skip: Co
 
 
 def torchrun_command(nproc: int, args: list[str], *, nnodes: int = 1) -> list[str]:
-    """The command that relaunches `lofi <args>` under torchrun with `nproc` processes."""
+    """The command that relaunches `lofi <args>` under torchrun with `nproc` processes
+    (through lofi.train.launch: torchrun without its traceback on a rank's failure)."""
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "lofi.train.launch",
         f"--nnodes={nnodes}",
         f"--nproc_per_node={nproc}",
         *(["--standalone"] if nnodes == 1 else []),

@@ -180,3 +180,20 @@ def test_the_launcher_reports_the_code_that_says_most():
     assert exit_code([1, 2]) == 2  # a rank's user error over the others' "peer gone"
     assert exit_code([1, 130]) == 130
     assert exit_code([-9, 1]) == 137  # SIGKILL, as a shell reports it
+
+
+def test_auto_plans_with_the_data_options_it_was_given_at_any_world_size(tiny_data):
+    from lofi.train.setup import DataOptions, PlanOptions, auto_plan, resolve_data
+
+    resolved = resolve_data(DataOptions(str(tiny_data.annotations), str(tiny_data.videos_dir), None,
+                                        str(tiny_data.classification), 8, 32, 2, 2))
+    grids = {}
+    for gpus in (1, 2):
+        plan, _ = auto_plan(resolved, PlanOptions(gpu="cpu", gpus=gpus, backbones=("tsm_r18",)))
+        assert plan.gpus == gpus and plan.chosen.gpus == gpus
+        grids[gpus] = {f for entry in plan.candidates for f in entry.candidate.fidelities}
+        assert plan.chosen.global_batch == 16
+    assert grids[1] == grids[2]
+    # the paper's fidelities at this full fidelity: full and S (16 px, kept at the 32 px
+    # floor) 8/32, ST 4/32, T and low (2 snippets, kept at the heads' floor of 4) 4/32
+    assert {(f.tr, f.sr, f.frames_per_snippet) for f in grids[1]} == {(8, 32, 2), (4, 32, 2)}

@@ -139,10 +139,13 @@ def auto_plan(
 def scaled_fidelity(fidelity: Fidelity, full: Fidelity, reference: Fidelity = FULL) -> Fidelity:
     """`fidelity` (one of the paper's, relative to its full 100/224, or the synthetic
     grid's, relative to defaults.SYNTH_FULL_FIDELITY) at the run's own full fidelity:
-    the same fraction of snippets and of frame size, the run's frames per snippet. The
+    the same fraction of snippets and of frame size (never below what the heads and
+    the encoder take), the run's frames per snippet. The
     paper's grid at 100/224/8 is unchanged; at any world size the same data options
     give the same grid."""
-    tr = max(1, round(fidelity.tr * full.tr / reference.tr))
+    from lofi.models.heads import MIN_TEMPORAL_DIM  # the heads' smallest TR
+
+    tr = max(MIN_TEMPORAL_DIM, round(fidelity.tr * full.tr / reference.tr))
     sr = max(32, round(fidelity.sr * full.sr / reference.sr))
     return Fidelity(min(tr, full.tr), min(sr, full.sr), full.frames_per_snippet)
 

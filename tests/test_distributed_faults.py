@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import traceback
 
@@ -15,13 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from train_helpers import make_tiny_dataset, tiny_candidate, tiny_config, tiny_plan
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from train_helpers import free_port, make_tiny_dataset, tiny_candidate, tiny_config, tiny_plan
 
 
 def _join(rank: int, port: int, env: dict[str, str]):

@@ -16,7 +16,7 @@ from lofi.cli import main
 from lofi.models.encoders import build_encoder
 from lofi.train.checkpoint import load_checkpoint
 from planner.plan_file import save_plan
-from train_helpers import make_tiny_dataset, tiny_candidate, tiny_plan
+from train_helpers import cli_data_args, make_tiny_dataset, tiny_candidate, tiny_plan
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def tiny_data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("synth") / "data")
 
 
-def data_args(paths):
-    return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
-            "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
-            "--frames-per-snippet", "2", "--stride", "2"]
+data_args = cli_data_args
 
 
 def lofi_cli(args, cwd):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from lofi.train.checkpoint import load_checkpoint
 from planner.plan_file import save_plan
-from train_helpers import make_tiny_dataset, tiny_candidate, tiny_plan
+from train_helpers import cli_data_args, free_port, make_tiny_dataset, tiny_candidate, tiny_plan
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOFI_COLLECTIVE_TIMEOUT": "120"}
 
@@ -30,9 +29,7 @@ def tiny_data(tmp_path_factory):
 
 
 def data_args(paths):
-    return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
-            "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
-            "--frames-per-snippet", "2", "--stride", "2", "--freeze-bn", "--lr", "0.05"]
+    return [*cli_data_args(paths), "--freeze-bn", "--lr", "0.05"]
 
 
 def lofi_train(args, cwd, timeout=300):
@@ -40,10 +37,16 @@ def lofi_train(args, cwd, timeout=300):
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def two_nodes(args, cwd, rdzv_id, timeout):
+    """`lofi train args` as two torchrun "nodes" of one process each on localhost, joined
+    by torchrun's c10d rendezvous; [(returncode, stderr)] of both."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", rdzv_id,
+               "-m", "lofi", "train", *args]
+    nodes = [subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [node.communicate(timeout=timeout)[1] for node in nodes]
+    return [(node.returncode, stderr) for node, stderr in zip(nodes, errors)]
 
 
 def plan_for(tmp_path, name, *, batch, gpus=1, nodes=1):
@@ -133,17 +136,10 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_a_one_process_resume_finis
 
 def test_two_nodes_meet_through_the_c10d_rendezvous_on_localhost(tiny_data, single_run, tmp_path):
     plan = plan_for(tmp_path, "nodes", batch=1, gpus=1, nodes=2)
-    port = free_port()
     args = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
             "--plan", str(plan), "--name", "nodes"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lofi-test",
-               "-m", "lofi", "train", *args]
-    nodes = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    for node, (_, stderr) in zip(nodes, outputs):
-        assert node.returncode == 0, stderr[-3000:]
+    for code, stderr in two_nodes(args, tmp_path, "lofi-test", timeout=300):
+        assert code == 0, stderr[-3000:]
     summary = summary_of(tmp_path, "nodes")
     assert summary["stages"]["features"]["ranks"] == 2
     assert_same_metrics(single_run, summary)
@@ -151,16 +147,10 @@ def test_two_nodes_meet_through_the_c10d_rendezvous_on_localhost(tiny_data, sing
 
 def test_a_plan_for_another_world_is_one_clear_error(tiny_data, tmp_path):
     plan = plan_for(tmp_path, "two_gpus", batch=1, gpus=2, nodes=1)
-    port = free_port()
     args = [*data_args(tiny_data), "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"), "--plan", str(plan)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lofi-mismatch",
-               "-m", "lofi", "train", *args]
-    nodes = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outputs = [node.communicate(timeout=180) for node in nodes]
-    assert all(node.returncode != 0 for node in nodes)
-    stderr = "".join(err for _, err in outputs)
+    outcomes = two_nodes(args, tmp_path, "lofi-mismatch", timeout=180)
+    assert all(code != 0 for code, _ in outcomes)
+    stderr = "".join(err for _, err in outcomes)
     assert "the plan is for 2 GPU(s) x 1 node(s) but this run has 1 process(es) per node x 2 node(s)" in stderr
     assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
 

@@ -23,6 +23,22 @@ def make_tiny_dataset(root: Path):
     return generate(root, TINY_SYNTH)
 
 
+def cli_data_args(paths) -> list[str]:
+    """`lofi train` options for the tiny dataset at its full fidelity."""
+    return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
+            "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
+            "--frames-per-snippet", "2", "--stride", "2"]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (bound to port 0, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def tiny_candidate(**changes) -> Candidate:
     base = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=2, fidelity=LOW, accumulation=1)
     return replace(base, **changes)

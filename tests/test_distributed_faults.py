@@ -57,12 +57,12 @@ def _read(folder, rank: int) -> dict:
 def _dead_or_silent_peer(rank: int, port: int, folder: str, fault: str) -> None:
     from lofi.train.distributed import RankFailure, agree, barrier, teardown_distributed
 
-    context = _join(rank, port, {"LOFI_COLLECTIVE_TIMEOUT": "3"})
+    context = _join(rank, port, {"LOFI_COLLECTIVE_TIMEOUT": "2"})
     barrier(context)
     if rank == 1:
         if fault == "dies":
             os._exit(3)  # what a segfault or kill -9 leaves: no goodbye
-        time.sleep(8)  # alive, but never joins the next collective
+        time.sleep(5)  # alive, but never joins the next collective
         os._exit(0)
     started = time.perf_counter()
     try:
@@ -81,7 +81,7 @@ def test_a_lost_rank_makes_the_other_fail_with_a_clear_error_not_a_hang(tmp_path
     assert report["error"] is not None
     assert report["error"].startswith("another process of this run stopped answering during a LoFi step")
     assert "--resume continues" in report["error"] and "\n" not in report["error"]
-    assert report["seconds"] < 30  # the 3 s collective timeout, not the 10 min default
+    assert report["seconds"] < 30  # the 2 s collective timeout, not the 10 min default
 
 
 def _oom_on_rank_one(rank: int, port: int, folder: str, paths) -> None:

@@ -111,8 +111,10 @@ def run_pipeline(
         interrupted = not _features(config, candidate, train_records + eval_records, media, classes, run,
                                     context, progress, stop, summary)
     if not interrupted and "head" in stages:
-        stopped = context.is_main and not _head(config, train_records, run, context.device, log, stop,
-                                                progress, resume, summary)
+        if context.is_main:
+            stopped = not _head(config, train_records, run, context.device, log, stop, progress, resume, summary)
+        else:
+            stopped = stop.requested  # signalled while waiting: the run stops after the head stage
         interrupted = agree(context, stopped, what="the end of the head stage", handoff=True)[0]
     if not interrupted and "eval" in stages:
         if context.is_main:

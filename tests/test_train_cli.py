@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from lofi.cli import main
 from lofi.train.checkpoint import load_checkpoint
 from planner.plan_file import save_plan
-from train_helpers import cli_data_args, make_tiny_dataset, tiny_candidate, tiny_plan
+from train_helpers import data_args, make_tiny_dataset, tiny_candidate, tiny_plan
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,14 @@ def lofi_cli(args, cwd):
 
 def test_a_run_from_a_plan_file_prints_the_metrics(tiny_data, tmp_path):
     save_plan(tiny_plan(), tmp_path / "plan.json")
-    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), *cli_data_args(tiny_data),
+    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), *data_args(tiny_data),
                                        "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
                                        "--freeze-bn"])
     assert result.exit_code == 0, result.output
     assert "Detection mAP" in result.output and "AUC" in result.output
     assert (tmp_path / "runs" / "lofi" / "summary.json").exists()
 
-    again = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), *cli_data_args(tiny_data),
+    again = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), *data_args(tiny_data),
                                       "--runs-dir", str(tmp_path / "runs"), "--name", "lofi"])
     assert again.exit_code == 2 and "already holds a run" in again.output
 
@@ -66,7 +66,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_completes(tiny_data, t
     import time
 
     save_plan(tiny_plan(tiny_candidate(batch_per_gpu=1)), tmp_path / "plan.json")
-    args = [*cli_data_args(tiny_data), "--plan", str(tmp_path / "plan.json"), "--stage", "lofi", "--epochs", "15",
+    args = [*data_args(tiny_data), "--plan", str(tmp_path / "plan.json"), "--stage", "lofi", "--epochs", "15",
             "--freeze-bn", "--runs-dir", str(tmp_path / "runs"), "--name", "run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "lofi", "train", *args], cwd=tmp_path, env=env,

@@ -20,7 +20,7 @@ import torch
 from lofi.models.encoders import build_encoder
 from lofi.train.checkpoint import load_checkpoint
 from planner.plan_file import save_plan
-from train_helpers import cli_data_args, free_port, make_tiny_dataset, tiny_candidate, tiny_plan
+from train_helpers import data_args, free_port, make_tiny_dataset, tiny_candidate, tiny_plan
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOFI_COLLECTIVE_TIMEOUT": "120"}
 
@@ -30,8 +30,8 @@ def tiny_data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("synth") / "data")
 
 
-def data_args(paths):
-    return [*cli_data_args(paths), "--freeze-bn", "--lr", "0.05"]
+def run_args(paths):
+    return [*data_args(paths), "--freeze-bn", "--lr", "0.05"]
 
 
 def lofi_train(args, cwd, timeout=300):
@@ -77,7 +77,7 @@ def single_run(tiny_data, tmp_path_factory):
     """One process, global batch 2 (2 x 1 x 1), all four stages."""
     root = tmp_path_factory.mktemp("single")
     plan = plan_for(root, "single", batch=2)
-    common = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(root / "runs")]
+    common = [*run_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(root / "runs")]
     result = lofi_train([*common, "--plan", str(plan), "--name", "one"], root)
     assert result.returncode == 0, result.stderr[-3000:]
     return {**summary_of(root, "one"), "folder": root / "runs" / "one"}
@@ -85,7 +85,7 @@ def single_run(tiny_data, tmp_path_factory):
 
 def test_two_gloo_processes_run_all_four_stages_with_the_metrics_of_one(tiny_data, single_run, tmp_path):
     plan = plan_for(tmp_path, "double", batch=1, gpus=2)
-    args = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+    args = [*run_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
             "--plan", str(plan), "--name", "two", "--gpus", "2"]
     result = lofi_train(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,7 +112,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_a_one_process_resume_finis
                                                                                    tmp_path):
     plan = plan_for(tmp_path, "double", batch=1, gpus=2)
     runs = tmp_path / "runs"
-    args = [*data_args(tiny_data), "--epochs", "3", "--head-epochs", "1", "--runs-dir", str(runs),
+    args = [*run_args(tiny_data), "--epochs", "3", "--head-epochs", "1", "--runs-dir", str(runs),
             "--plan", str(plan), "--name", "run", "--gpus", "2", "--checkpoint-every", "1"]
     launcher = subprocess.Popen([sys.executable, "-m", "lofi", "train", *args], cwd=tmp_path, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -145,7 +145,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_a_one_process_resume_finis
 
 def test_two_nodes_meet_through_the_c10d_rendezvous_on_localhost(tiny_data, single_run, tmp_path):
     plan = plan_for(tmp_path, "nodes", batch=1, gpus=1, nodes=2)
-    args = [*data_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+    args = [*run_args(tiny_data), "--epochs", "1", "--head-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
             "--plan", str(plan), "--name", "nodes"]
     for code, stderr in two_nodes(args, tmp_path, "lofi-test", timeout=300):
         assert code == 0, stderr[-3000:]
@@ -167,7 +167,7 @@ def test_a_plan_for_another_number_of_nodes_is_one_clear_error():
 
 def test_gpus_n_with_a_plan_for_one_gpu_fails_with_one_line_and_no_traceback(tiny_data, tmp_path):
     plan = plan_for(tmp_path, "one_gpu", batch=2)
-    result = lofi_train([*data_args(tiny_data), "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"),
+    result = lofi_train([*run_args(tiny_data), "--stage", "lofi", "--runs-dir", str(tmp_path / "runs"),
                          "--plan", str(plan), "--gpus", "2"], tmp_path)
     assert result.returncode == 2
     assert "the plan is for 1 GPU(s) x 1 node(s) but this run has 2 process(es) per node" in result.stderr

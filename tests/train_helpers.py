@@ -23,8 +23,8 @@ def make_tiny_dataset(root: Path):
     return generate(root, TINY_SYNTH)
 
 
-def cli_data_args(paths) -> list[str]:
-    """`lofi train` options for the tiny dataset at its full fidelity."""
+def data_args(paths) -> list[str]:
+    """`lofi train` options for the tiny dataset at its full fidelity (FULL, stride 2)."""
     return ["--annotations", str(paths.annotations), "--videos", str(paths.videos_dir),
             "--classification", str(paths.classification), "--full-tr", "8", "--full-sr", "32",
             "--frames-per-snippet", "2", "--stride", "2"]

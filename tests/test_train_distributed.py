@@ -92,6 +92,8 @@ def test_two_gloo_processes_run_all_four_stages_with_the_metrics_of_one(tiny_dat
     two = summary_of(tmp_path, "two")
     assert not two["interrupted"]
     assert two["stages"]["lofi"]["steps"] == single_run["stages"]["lofi"]["steps"] == 2
+    # the loss reported is the global batch's, whatever the split
+    assert two["stages"]["lofi"]["last_loss"] == pytest.approx(single_run["stages"]["lofi"]["last_loss"], rel=1e-4)
     assert two["stages"]["features"]["ranks"] == 2
     assert two["stages"]["features"]["extracted"] == single_run["stages"]["features"]["extracted"] == 6
     assert two["stages"]["head"]["last_loss"] == pytest.approx(single_run["stages"]["head"]["last_loss"], rel=1e-3)

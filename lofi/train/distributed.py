@@ -146,6 +146,15 @@ def agree(context: DistContext, *flags: bool, what: str = "an agreement between 
     return tuple(bool(v > 0) for v in values.tolist())
 
 
+def sum_over_ranks(context: DistContext, *values: float, what: str = "a sum over ranks") -> tuple[float, ...]:
+    """Each value summed over the ranks (one float64 all-reduce on the step group)."""
+    if not context.distributed:
+        return tuple(float(v) for v in values)
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    _collective(what, lambda: dist.all_reduce(tensor, group=context.step_group))
+    return tuple(tensor.tolist())
+
+
 def gather(context: DistContext, item: Any, what: str = "a gather between ranks") -> list[Any]:
     """Every rank's `item` (small, picklable), in rank order, on every rank."""
     if not context.distributed:

@@ -22,7 +22,7 @@ from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.models.heads import constant_buffer_names
 from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lofi.train.config import OptimConfig, TrainConfig
-from lofi.train.distributed import DistContext, agree, average_gradients, broadcast_parameters
+from lofi.train.distributed import DistContext, agree, average_gradients, broadcast_parameters, sum_over_ranks
 from lofi.train.objective import batch_loss
 from lofi.train.precision import autocast, grad_scaler
 from lofi.train.progress import NullProgress, StageProgress
@@ -105,7 +105,8 @@ def run_lofi_stage(
     Data parallel over the ranks: each rank accumulates its micro-batches' gradients
     locally; after every micro-batch the ranks agree (an all-reduce of one flag)
     whether any ran out of memory; at the end of an accumulation window they average
-    gradients (`average_gradients`), step, and agree whether any was asked to stop. So an
+    gradients (`average_gradients`), step, and agree whether any was asked to stop (with
+    the global batch's loss, in the same all-reduce). So an
     OOM on one rank becomes the same fallback on all of them, and a signal stops all
     of them after the same optimizer step."""
     progress = progress or NullProgress()
@@ -174,7 +175,7 @@ def run_lofi_stage(
         sampler.set_epoch(epoch, skip=batches_done)
         dataset.set_epoch(epoch)
         micro = batches_done
-        window_start, window_clips = time.perf_counter(), 0
+        window_start, window_clips, window_loss = time.perf_counter(), 0, 0.0
         oom: str | None = None
         for batch in loader:
             skipped += len(batch.skipped)
@@ -199,20 +200,26 @@ def run_lofi_stage(
                 oom = oom or "another rank ran out of CUDA memory"
                 break
             if loss is not None:
-                last_loss = loss
                 window_clips += batch.clips.shape[0]
+                window_loss += loss * batch.clips.shape[0]
             micro += 1
             if not last_in_window:
                 continue
             step += 1
-            fields = _step_fields(last_loss, optimizer, window_clips, window_start, device, planned_bytes)
-            window_start, window_clips = time.perf_counter(), 0
+            if on_step is not None:
+                on_step(step)
+            # One all-reduce: whether any rank was asked to stop, and the loss of the
+            # global batch (the mean over its videos on every rank), the same number
+            # whatever the split over ranks and accumulation steps.
+            stops, loss_sum, clips = sum_over_ranks(context, float(stop.requested), window_loss, window_clips,
+                                                    what="the end of a LoFi step")
+            last_loss = loss_sum / clips if clips else last_loss
+            fields = _step_fields(last_loss, optimizer, int(clips), window_start, device, planned_bytes)  # all ranks' clips/s
+            window_start, window_clips, window_loss = time.perf_counter(), 0, 0.0
             progress.advance(1, **fields)
             if step % config.log_every == 0 or step == 1:
                 log.write(stage="lofi", step=step, epoch=epoch, fidelity=batch.fidelity.label() if batch.fidelity else None, **fields)
-            if on_step is not None:
-                on_step(step)
-            if agree(context, stop.requested, what="a stop request")[0]:
+            if stops > 0:
                 stop.request(stop.signal_name or "another rank was signalled")
                 save(epoch, micro)
                 progress.stop()

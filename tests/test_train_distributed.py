@@ -199,3 +199,28 @@ def test_auto_plans_with_the_data_options_it_was_given_at_any_world_size(tiny_da
     # the paper's fidelities at this full fidelity: full and S (16 px, kept at the 32 px
     # floor) 8/32, ST 4/32, T and low (2 snippets, kept at the heads' floor of 4) 4/32
     assert {(f.tr, f.sr, f.frames_per_snippet) for f in grids[1]} == {(8, 32, 2), (4, 32, 2)}
+
+
+def test_the_ranks_media_shares_merge_into_the_report_of_one_process(tiny_data, tmp_path):
+    import shutil
+
+    from lofi.data.annotations import load_annotations
+    from lofi.data.media import check_media
+    from lofi.data.synth import SynthPaths
+    from lofi.train.pipeline import _merged
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data.root, copy)
+    paths = SynthPaths.under(copy)
+    annotations = load_annotations(paths.annotations)
+    ids = [r.video_id for r in annotations.records]
+    video = paths.videos_dir / f"{ids[0]}.mp4"
+    video.write_bytes(video.read_bytes()[:300])  # unreadable, on rank 0's share
+    (paths.videos_dir / f"{ids[3]}.mp4").unlink()  # missing, on rank 1's share
+    whole = check_media(annotations.records, paths.videos_dir)
+    parts = [check_media(annotations.records[rank::2], paths.videos_dir) for rank in (0, 1)]
+    merged = _merged(parts, annotations)
+    assert list(merged.found) == list(whole.found) and len(merged.found) == 4
+    assert merged.missing == whole.missing == (ids[3],)
+    assert [u.video_id for u in merged.unreadable] == [u.video_id for u in whole.unreadable] == [ids[0]]
+    assert merged.listing() == whole.listing()

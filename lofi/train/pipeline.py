@@ -14,7 +14,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
-from lofi.data.media import check_media, write_listing
+from lofi.data.media import MediaReport, check_media, write_listing
 from lofi.errors import CheckpointError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
@@ -133,20 +133,38 @@ def run_pipeline(
 def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext,
            progress: StageProgress):
     """Find and probe every annotated video once, up front (never fail mid-epoch); list
-    what is missing or unreadable."""
-    progress.start("checking media", len(annotations.records))
+    what is missing or unreadable. Each rank probes a strided share; every rank gets the
+    whole report."""
+    share = annotations.records[context.rank::context.world_size]
+    progress.start("checking media", len(share))
     done = [0]
 
     def advance(count: int, total: int) -> None:
         progress.advance(count - done[0])
         done[0] = count
 
-    report = check_media(annotations.records, config.data.media_root, frames=config.data.frames,
-                         progress=advance, workers=min(4, os.cpu_count() or 1))
+    part = check_media(share, config.data.media_root, frames=config.data.frames,
+                       progress=advance, workers=min(4, os.cpu_count() or 1))
     progress.stop()
+    report = _merged(gather(context, part, what="the media check"), annotations)
     if context.is_main and (report.missing or report.unreadable):
         write_listing(report, run.root / "media_problems.txt")
     return dict(report.found), report
+
+
+def _merged(parts: list[MediaReport], annotations: AnnotationSet) -> MediaReport:
+    """One report from the ranks' shares, in annotation order (as one process makes it)."""
+    if len(parts) == 1:
+        return parts[0]
+    order = {record.video_id: i for i, record in enumerate(annotations.records)}
+    found = {k: v for part in parts for k, v in part.found.items()}
+    return replace(
+        parts[0],
+        found={k: found[k] for k in sorted(found, key=order.__getitem__)},
+        missing=tuple(sorted((v for part in parts for v in part.missing), key=order.__getitem__)),
+        unreadable=tuple(sorted((u for part in parts for u in part.unreadable), key=lambda u: order[u.video_id])),
+        mismatches=tuple(sorted((m for part in parts for m in part.mismatches), key=lambda m: order[m.video_id])),
+    )
 
 
 def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, context, log, stop,

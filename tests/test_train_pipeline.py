@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lofi.train.checkpoint import load_checkpoint
+from lofi.train.config import OptimConfig
 from lofi.train.distributed import setup_distributed
 from lofi.train.pipeline import run_pipeline
 from lofi.train.run_folder import RunFolder
@@ -34,8 +35,9 @@ def test_two_epoch_run_goes_through_all_four_stages(tiny_data, tmp_path):
     assert 0.0 <= summary["metrics"]["proposals"]["AUC"] <= 1.0
     results = json.loads(run.results.read_text())["results"]
     assert results and all(len(entries) > 0 for entries in results.values())
-    feature = torch.load(next(run.features.glob("synth_*.pt")), weights_only=True)
-    assert feature.shape == (512, 8)  # (C, full-fidelity TR)
+    stored = torch.load(next(run.features.glob("synth_*.pt")), weights_only=True)
+    assert stored["features"].shape == (512, 8)  # (C, full-fidelity TR)
+    assert stored["encoder"].startswith("lofi:tsm_r18:") and stored["fidelity"] == [8, 32, 2]
     for path in (run.config, run.plan, run.metrics, run.proposals):
         assert path.exists()
 
@@ -106,3 +108,97 @@ def test_corrupt_and_missing_videos_are_skipped_counted_and_listed(tiny_data, tm
     problems = (run.root / "media_problems.txt").read_text()
     assert training[0] in problems and training[1] in problems
     assert result.summary["stages"]["lofi"]["completed"]
+
+
+class _SignalDuringFeatures:
+    """A progress sink that sends this process a real SIGTERM once the features stage
+    has written its first batch."""
+
+    def __init__(self) -> None:
+        self.stage = None
+        self.sent_at = None
+
+    def start(self, description, total):
+        self.stage = description
+
+    def advance(self, steps=1, **fields):
+        import os
+        import signal
+        import time
+
+        if self.stage == "features" and self.sent_at is None:
+            self.sent_at = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self):
+        pass
+
+
+def test_sigterm_during_features_stops_at_once_and_resume_reuses_every_file(tiny_data, tmp_path):
+    import time
+
+    config = tiny_config(tiny_data, feature_batch=1)
+    context = setup_distributed(prefer_cuda=False)
+    run = RunFolder(tmp_path / "run")
+    progress = _SignalDuringFeatures()
+    with StopRequest() as stop:
+        first = run_pipeline(config, tiny_plan(), run, context, stop=stop, progress=progress)
+    stopped_after = time.perf_counter() - progress.sent_at
+    assert first.interrupted and stop.signal_name == "SIGTERM"
+    assert stopped_after < 5.0
+    assert first.summary["stages"]["features"] == {**first.summary["stages"]["features"], "completed": False,
+                                                   "extracted": 1}
+    assert "head" not in first.summary["stages"] and not run.head_checkpoints.exists()
+    written = sorted(run.features.glob("*.pt"))
+    assert len(written) == 1 and not (run.features / "index.json").exists()  # the index is no longer the record
+    stale = run.features / ".synth_0002.pt.x1y2.tmp"  # what a crash mid-write leaves
+    stale.write_bytes(b"half a file")
+
+    second = run_pipeline(config, tiny_plan(), run, context, resume=True)
+    assert not second.interrupted
+    features = second.summary["stages"]["features"]
+    assert features["reused"] == 1 and features["extracted"] == 5
+    assert not stale.exists() and not list(run.features.glob(".*.tmp"))
+    assert second.summary["stages"]["head"]["completed"] and "metrics" in second.summary
+
+
+class _SignalDuringStage(_SignalDuringFeatures):
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.target = stage
+
+    def advance(self, steps=1, **fields):
+        import os
+        import signal
+        import time
+
+        if self.stage == self.target and self.sent_at is None:
+            self.sent_at = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_head_epoch_checkpoints_its_position_and_resume_matches(tiny_data, tmp_path):
+    import shutil
+
+    one_epoch = OptimConfig("adam", lr=1e-3, epochs=1, step_epochs=1, gamma=0.5)
+    config = tiny_config(tiny_data, head_stage=one_epoch)  # 4 training videos: 2 batches of 2
+    context = setup_distributed(prefer_cuda=False)
+    base = RunFolder(tmp_path / "base")
+    run_pipeline(config, tiny_plan(), base, context, stages=("lofi", "features"))
+    whole, parts = RunFolder(tmp_path / "whole"), RunFolder(tmp_path / "parts")
+    shutil.copytree(base.root, whole.root)
+    shutil.copytree(base.root, parts.root)
+    run_pipeline(config, tiny_plan(), whole, context, stages=("head",))
+
+    with StopRequest() as stop:
+        first = run_pipeline(config, tiny_plan(), parts, context, stages=("head",), stop=stop,
+                             progress=_SignalDuringStage("head"))
+    assert first.interrupted
+    state = load_checkpoint(parts.head_checkpoints).state
+    assert state["epoch"] == 0 and state["batches_done"] == 1 and state["step"] == 1
+    run_pipeline(config, tiny_plan(), parts, context, stages=("head",), resume=True)
+    expected = load_checkpoint(whole.head_checkpoints).state["model"]
+    resumed = load_checkpoint(parts.head_checkpoints).state
+    assert resumed["step"] == 2
+    for key in expected:
+        torch.testing.assert_close(resumed["model"][key], expected[key], rtol=0, atol=0, msg=key)

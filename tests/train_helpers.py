@@ -30,6 +30,15 @@ def data_args(paths) -> list[str]:
             "--frames-per-snippet", "2", "--stride", "2"]
 
 
+def free_port() -> int:
+    """A TCP port free on localhost now (bound to port 0, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def tiny_candidate(**changes) -> Candidate:
     base = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=2, fidelity=LOW, accumulation=1)
     return replace(base, **changes)

@@ -107,10 +107,12 @@ def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
         return resolve_data(data, progress=advance)
 
 
-def _auto_plan(options: dict[str, Any], resolved):
+def _auto_plan(options: dict[str, Any], resolved, gpus: int | None = None, nodes: int = 1):
+    """Plan for `gpus` per node x `nodes` (default: --gpus on one node) with the data
+    options given, whatever the world size."""
     from lofi.train.setup import PlanOptions, auto_plan
 
-    plan_options = PlanOptions(options["gpu_name"], options["gpus"], 1, options["margin"],
+    plan_options = PlanOptions(options["gpu_name"], gpus or options["gpus"], nodes, options["margin"],
                                options["max_epoch_hours"], tuple(options["backbones"]), options["head"])
     with _bar("planning") as advance:
         plan, notices = auto_plan(resolved, plan_options, progress=advance)
@@ -131,6 +133,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
     from lofi.train.run_folder import RunFolder
     from lofi.train.setup import build_config
     from lofi.train.stopping import StopRequest
+    from lofi.train.world import check_world, plan_for_world
     from planner.plan_file import load_plan, save_plan
 
     context = setup_distributed()
@@ -140,7 +143,8 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
         if options["resume"] and not stored:
             raise OptionError(f"--resume: {run_dir} holds no run to continue (no config.json and plan.json)")
         if (options["resume"] or options["stages"]) and stored:
-            config, plan = load_config(run.config), load_plan(run.plan)
+            config = load_config(run.config)
+            plan = plan_for_world(load_plan(run.plan), context.gpus_per_node, context.nodes)
             if context.is_main:
                 err_console.print(f"continuing {run_dir}: its config.json and plan.json are used", highlight=False)
         else:
@@ -155,15 +159,15 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             if options["plan_path"]:
                 plan = load_plan(options["plan_path"])
             elif context.is_main:
-                plan, _ = _auto_plan(options, resolved)
+                plan, _ = _auto_plan(options, resolved, context.gpus_per_node, context.nodes)
                 run.create()
                 save_plan(plan, run.plan)
-            barrier(context)
+            barrier(context, "planning")
             if not options["plan_path"] and not context.is_main:
                 plan = load_plan(run.plan)
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
                                   baseline=options["baseline"])
-        _check_world(plan, context)
+        check_world(plan, context.gpus_per_node, context.nodes)
         check_plan(plan, config, context.device, force=options["force"] or (options["resume"] and stored),
                    notify=_note if context.is_main else None)  # a resumed run's plan was accepted at its start
         check_precision(context.device, plan.chosen.precision)
@@ -199,13 +203,6 @@ def _overrides(options: dict[str, Any]):
               "num_workers": options["workers"], "checkpoint_every": options["checkpoint_every"],
               "freeze_bn": options["freeze_bn"]}
     return RecipeOverrides(lofi, head, config)
-
-
-def _check_world(plan, context) -> None:
-    planned = plan.gpus * plan.nodes
-    if planned != context.world_size:
-        raise OptionError(f"the plan is for {plan.gpus} GPU(s) x {plan.nodes} node(s) but {context.world_size} "
-                          f"process(es) run; use --gpus {planned} (or torchrun --nproc_per_node {plan.gpus})")
 
 
 def _render_plan(plan, config) -> None:

@@ -1,7 +1,10 @@
 """Stage 2, features: the trained encoder, frozen, embeds every video at full fidelity
 (PAPER.md stage 3: TR = 100, SR = 224 by default). One file per video under
-`features/`, each written atomically, so an interrupted extraction resumes where it
-stopped; `index.json` is written last and says which encoder and fidelity made them."""
+`features/`, written atomically and carrying the encoder and fidelity that made it, so
+an interrupted extraction (a signal, a crash, a lost rank) reuses every complete file
+and embeds only the rest; `index.json`, written last by rank 0, lists them. Under
+torchrun each rank embeds a strided share of the videos; barriers order the clean-up
+of stale temporary files, the extraction and the index."""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from lofi.data.annotations import check_video_id
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.errors import InputFileError
 from planner.atomic_files import atomic_write, atomic_write_json
-from lofi.train.distributed import DistContext, barrier
+from lofi.train.distributed import DistContext, agree, barrier
 from lofi.train.progress import NullProgress, StageProgress
+from lofi.train.stopping import StopRequest
 from planner.fidelity import Fidelity
 
 INDEX = "index.json"
@@ -29,6 +33,7 @@ INDEX = "index.json"
 
 @dataclass(frozen=True)
 class FeatureOutcome:
+    completed: bool  # False: stopped by a signal (every file written so far is kept)
     extracted: int
     reused: int
     skipped: list[str]  # video ids whose media could not be decoded
@@ -72,38 +77,58 @@ def extract_features(
     num_workers: int = 0,
     encoder_tag: str = "",
     progress: StageProgress | None = None,
+    stop: StopRequest | None = None,
 ) -> FeatureOutcome:
     """Write features for every video of `dataset` (at its fidelity) into `folder`.
-    Each rank takes a strided share; existing files from the same encoder are reused."""
+    Each rank takes a strided share; files made by the same encoder at the same
+    fidelity are reused. A stop request ends the extraction after the batch in flight
+    (its files written) on every rank."""
     progress = progress or NullProgress()
-    folder.mkdir(parents=True, exist_ok=True)
-    previous = read_index(folder) if (folder / INDEX).exists() else None
-    reusable = previous is not None and previous["encoder"] == encoder_tag and previous["fidelity"] == _fid(dataset.fidelity)
-    todo = [
-        i for i in range(context.rank, len(dataset), context.world_size)
-        if not (reusable and feature_path(folder, dataset.records[i].video_id).exists())
-    ]
-    reused = len(range(context.rank, len(dataset), context.world_size)) - len(todo)
+    stop = stop or StopRequest()
+    stamp = {"encoder": encoder_tag, "fidelity": _fid(dataset.fidelity)}
+    if context.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
+        (folder / INDEX).unlink(missing_ok=True)  # rewritten when every video is done
+    barrier(context, "the start of feature extraction")
+    mine = range(context.rank, len(dataset), context.world_size)
+    todo = [i for i in mine if not _complete(feature_path(folder, dataset.records[i].video_id), stamp)]
+    reused = len(mine) - len(todo)
     encoder.eval()
     loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate_clips,
                         num_workers=num_workers, pin_memory=context.device.type == "cuda")
     started = time.perf_counter()
     skipped: list[str] = []
+    extracted = 0
     progress.start("features", len(todo))
     for batch in loader:
         skipped += [item.video_id for item in batch.skipped]
         if batch.clips.shape[0]:
             features = embed_clips(encoder, batch.clips, precision)  # (B, C, TR)
             for video_id, feature in zip(batch.video_ids, features):
-                _save_tensor(feature_path(folder, video_id), feature.half().cpu())
+                _save_features(feature_path(folder, video_id), feature.half().cpu(), stamp)
+                extracted += 1
         progress.advance(len(batch.video_ids) + len(batch.skipped))
+        if stop.requested:
+            break
     progress.stop()
-    barrier(context)
-    if context.is_main:
+    barrier(context, "the end of feature extraction")
+    completed = not agree(context, stop.requested, what="the end of feature extraction")[0]
+    if completed and context.is_main:
         present = sorted(r.video_id for r in dataset.records if feature_path(folder, r.video_id).exists())
-        atomic_write_json(folder / INDEX, {"encoder": encoder_tag, "fidelity": _fid(dataset.fidelity), "videos": present})
-    barrier(context)
-    return FeatureOutcome(len(todo) - len(skipped), reused, skipped, time.perf_counter() - started)
+        atomic_write_json(folder / INDEX, {**stamp, "videos": present})
+    barrier(context, "the features index")
+    return FeatureOutcome(completed, extracted, reused, skipped, time.perf_counter() - started)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files an interrupted atomic write left (`.<name>.*.tmp`);
+    called while no rank writes."""
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def read_index(folder: Path) -> dict:
@@ -126,16 +151,39 @@ def load_features(folder: Path, video_ids: Sequence[str]) -> dict[str, torch.Ten
         path = feature_path(folder, video_id)
         if path.exists():
             try:
-                out[video_id] = torch.load(path, map_location="cpu", weights_only=True).float()
+                document = _load(path)
             except Exception as error:
                 raise InputFileError(f"{path}: unreadable features ({type(error).__name__}); "
                                      "delete it and rerun the features stage") from None
+            out[video_id] = document["features"].float()
     return out
 
 
-def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
+def _load(path: Path) -> dict:
+    """{"features": (C, T) tensor, "encoder": tag, "fidelity": [TR, SR, F]}; a file of an
+    older run (a bare tensor) has no stamp."""
+    document = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(document, torch.Tensor):
+        return {"features": document}
+    if not isinstance(document, dict) or not isinstance(document.get("features"), torch.Tensor):
+        raise ValueError("not a features file")
+    return document
+
+
+def _complete(path: Path, stamp: dict) -> bool:
+    """A whole file made by the same encoder at the same fidelity (reusable as it is)."""
+    if not path.exists():
+        return False
+    try:
+        document = _load(path)
+    except Exception:  # truncated or foreign: embed again
+        return False
+    return document.get("encoder") == stamp["encoder"] and document.get("fidelity") == stamp["fidelity"]
+
+
+def _save_features(path: Path, tensor: torch.Tensor, stamp: dict) -> None:
     buffer = io.BytesIO()
-    torch.save(tensor.clone(), buffer)
+    torch.save({"features": tensor.clone(), **stamp}, buffer)
     atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 

@@ -7,7 +7,6 @@ each epoch end, stops cleanly on SIGINT/SIGTERM, and resumes exactly where it st
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -17,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.models.heads import constant_buffer_names
 from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lofi.train.config import OptimConfig, TrainConfig
-from lofi.train.distributed import DistContext
+from lofi.train.distributed import DistContext, agree, average_gradients, broadcast_parameters, sum_over_ranks
 from lofi.train.objective import batch_loss
 from lofi.train.precision import autocast, grad_scaler
 from lofi.train.progress import NullProgress, StageProgress
@@ -86,19 +84,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def wrap_ddp(model: nn.Module, context: DistContext) -> nn.Module:
-    """DDP over the ranks; the heads' fixed sampling matrices are never re-broadcast."""
-    if not context.distributed:
-        return model
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, constant_buffer_names(model))
-    device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
-
-
 def run_lofi_stage(
     model: nn.Module,
     dataset: VideoDataset,
@@ -115,12 +100,21 @@ def run_lofi_stage(
     on_step: Callable[[int], None] | None = None,
     planned_bytes: int | None = None,
 ) -> StageOutcome:
-    """Train `model` (unwrapped LoFiModel, on context.device) end to end; see module doc."""
+    """Train `model` (LoFiModel, on context.device) end to end; see module doc.
+
+    Data parallel over the ranks: each rank accumulates its micro-batches' gradients
+    locally; after every micro-batch the ranks agree (an all-reduce of one flag)
+    whether any ran out of memory; at the end of an accumulation window they average
+    gradients (`average_gradients`), step, and agree whether any was asked to stop (with
+    the global batch's loss, in the same all-reduce). So an
+    OOM on one rank becomes the same fallback on all of them, and a signal stops all
+    of them after the same optimizer step."""
     progress = progress or NullProgress()
     recipe = config.lofi
     device = context.device
     model.to(device)
-    ddp_model = wrap_ddp(model, context)
+    constants = set(constant_buffer_names(model))
+    broadcast_parameters(model, context, skip=constants)
     optimizer = make_optimizer(model.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe)
     scaler = grad_scaler(device, candidate.precision)
@@ -144,8 +138,10 @@ def run_lofi_stage(
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         epoch, step = state["epoch"], state["step"]
-        # Resume by videos done, so a fallback to another batch size skips the same videos.
-        batches_done = state["videos_done"] // candidate.batch_per_gpu
+        # Resume by videos done over all ranks, so a fallback to another batch size or a
+        # resume under another world size skips the same videos.
+        videos = state.get("global_videos_done", state["videos_done"] * context.world_size)
+        batches_done = videos // (candidate.batch_per_gpu * context.world_size)
         log.write(stage="lofi", event="resumed", step=step, epoch=epoch, checkpoint=loaded.path.name)
 
     def save(epoch_to_store: int, batches: int) -> None:
@@ -153,12 +149,13 @@ def run_lofi_stage(
             return
         save_checkpoint(checkpoint_dir, {
             "stage": "lofi",
-            "model": unwrap(ddp_model).state_dict(),
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch_to_store,
             "videos_done": batches * candidate.batch_per_gpu,
+            "global_videos_done": batches * candidate.batch_per_gpu * context.world_size,
             "step": step,
             "rng": rng_state(),
             "candidate": _candidate_dict(candidate),
@@ -173,41 +170,57 @@ def run_lofi_stage(
     steps_per_epoch = -(-len(sampler) // candidate.accumulation)
     progress.start("LoFi", steps_per_epoch * recipe.epochs)
     progress.advance(step)
-    ddp_model.train()
+    model.train()
     while epoch < recipe.epochs:
         sampler.set_epoch(epoch, skip=batches_done)
         dataset.set_epoch(epoch)
         micro = batches_done
-        window_start, window_clips = time.perf_counter(), 0
+        window_start, window_clips, window_loss = time.perf_counter(), 0, 0.0
         oom: str | None = None
         for batch in loader:
             skipped += len(batch.skipped)
             last_in_window = (micro + 1) % candidate.accumulation == 0 or micro + 1 == len(sampler)
+            loss = None
             try:
-                loss = _micro_step(ddp_model, batch, candidate, config, context, scaler, step, last_in_window)
+                loss = _micro_step(model, batch, candidate, config, scaler, step)
+            except torch.cuda.OutOfMemoryError as error:
+                oom = str(error).splitlines()[0]  # leaving this block frees the step's tensors
+            if agree(context, oom is not None, what="a LoFi step")[0]:
+                oom = oom or "another rank ran out of CUDA memory"
+                break
+            try:
                 if last_in_window:
+                    average_gradients(model.parameters(), context)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-            except torch.cuda.OutOfMemoryError as error:
-                oom = str(error).splitlines()[0]  # leaving this block frees the step's tensors
-            if oom is not None:
+            except torch.cuda.OutOfMemoryError as error:  # the optimizer's state on its first step
+                oom = str(error).splitlines()[0]
+            if last_in_window and agree(context, oom is not None, what="a LoFi optimizer step")[0]:
+                oom = oom or "another rank ran out of CUDA memory"
                 break
             if loss is not None:
-                last_loss = loss
                 window_clips += batch.clips.shape[0]
+                window_loss += loss * batch.clips.shape[0]
             micro += 1
             if not last_in_window:
                 continue
             step += 1
-            fields = _step_fields(last_loss, optimizer, window_clips, window_start, device, planned_bytes)
-            window_start, window_clips = time.perf_counter(), 0
+            if on_step is not None:
+                on_step(step)
+            # One all-reduce: whether any rank was asked to stop, and the loss of the
+            # global batch (the mean over its videos on every rank), the same number
+            # whatever the split over ranks and accumulation steps.
+            stops, loss_sum, clips = sum_over_ranks(context, float(stop.requested), window_loss, window_clips,
+                                                    what="the end of a LoFi step")
+            last_loss = loss_sum / clips if clips else last_loss
+            fields = _step_fields(last_loss, optimizer, int(clips), window_start, device, planned_bytes)  # all ranks' clips/s
+            window_start, window_clips, window_loss = time.perf_counter(), 0, 0.0
             progress.advance(1, **fields)
             if step % config.log_every == 0 or step == 1:
                 log.write(stage="lofi", step=step, epoch=epoch, fidelity=batch.fidelity.label() if batch.fidelity else None, **fields)
-            if on_step is not None:
-                on_step(step)
-            if stop.requested:
+            if stops > 0:
+                stop.request(stop.signal_name or "another rank was signalled")
                 save(epoch, micro)
                 progress.stop()
                 return _outcome(False, step, epoch, started, skipped, device, last_loss)
@@ -226,21 +239,17 @@ def run_lofi_stage(
     return _outcome(True, step, epoch, started, skipped, device, last_loss)
 
 
-def _micro_step(ddp_model, batch, candidate: Candidate, config: TrainConfig, context: DistContext, scaler,
-                step: int, last_in_window: bool) -> float | None:
-    """Forward and backward of one micro-batch (gradients synchronised across ranks only
-    on the last micro-batch of an accumulation window); the loss, or None for a batch
-    whose videos were all skipped."""
+def _micro_step(model, batch, candidate: Candidate, config: TrainConfig, scaler, step: int) -> float | None:
+    """Forward and backward of one micro-batch, gradients accumulated on this rank; the
+    loss, or None for a batch whose videos were all skipped."""
     if batch.clips.shape[0] == 0:
         return None
-    device = context.device
-    sync = contextlib.nullcontext() if last_in_window or not context.distributed else ddp_model.no_sync()
-    with sync:
-        clips = batch.clips.to(device, non_blocking=True)
-        with autocast(device, candidate.precision):
-            output = ddp_model(clips)
-        terms = batch_loss(output, batch, seed=config.seed, step=step)
-        scaler.scale(terms.total / candidate.accumulation).backward()
+    device = next(model.parameters()).device
+    clips = batch.clips.to(device, non_blocking=True)
+    with autocast(device, candidate.precision):
+        output = model(clips)
+    terms = batch_loss(output, batch, seed=config.seed, step=step)
+    scaler.scale(terms.total / candidate.accumulation).backward()
     return float(terms.total.detach())
 
 

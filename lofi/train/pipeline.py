@@ -1,6 +1,12 @@
 """The whole LoFi pipeline of one run: LoFi end to end -> full-fidelity features ->
 head -> inference and evaluation (PAPER.md), with the run folder, resume, OOM fallback
-and summary.json. The CLI (`lofi train`) only parses options and renders."""
+and summary.json. The CLI (`lofi train`) only parses options and renders.
+
+Under torchrun every rank runs this function: the LoFi stage data-parallel, features
+split over the ranks, head and evaluation on rank 0 while the others wait. Rank 0 alone
+writes run-level files (config, plan, metrics, index, results, summary); each hand-off
+between stages is a barrier, and whether a stage was interrupted is agreed by all ranks,
+so they all stop (or all go on) together."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
-from lofi.data.media import check_media, write_listing
+from lofi.data.media import MediaReport, check_media, write_listing
 from lofi.errors import CheckpointError, LofiError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
@@ -24,7 +30,7 @@ from lofi.models.heads import build_head
 from lofi.train.bn_init import estimate_batchnorm_statistics
 from lofi.train.checkpoint import load_checkpoint
 from lofi.train.config import TrainConfig, bn_frozen, config_to_dict
-from lofi.train.distributed import DistContext, barrier
+from lofi.train.distributed import DistContext, agree, barrier, gather
 from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
 from lofi.train.fallback import next_candidate
 from lofi.train.features_stage import extract_features, load_features, read_index
@@ -79,7 +85,7 @@ def run_pipeline(
         run.create()
         atomic_write_json(run.config, config_to_dict(config))
         save_plan(plan, run.plan)
-    barrier(context)
+    barrier(context, "the run folder's creation")
     summary = _Summary({"run": str(run.root), "baseline": config.baseline, "resumed": resume, "stages": {}})
     annotations = load_annotations(config.data.annotations)
     media, report = _media(config, annotations, run, context, progress)
@@ -101,17 +107,25 @@ def run_pipeline(
             outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
                                                      run, context, log, stop, progress, resume, on_step, summary)
             interrupted = not outcome.completed
+            barrier(context, "the end of the LoFi stage")  # rank 0's last checkpoint is on disk
         if not interrupted and "features" in stages:
-            _features(config, candidate, train_records + eval_records, media, classes, run, context, progress, summary)
-        if not interrupted and context.is_main and "head" in stages:
-            interrupted = not _head(config, train_records, run, context.device, log, stop, progress, resume, summary)
-        if not interrupted and context.is_main and "eval" in stages:
-            _evaluate(config, eval_records, classes, run, context.device, summary)
+            interrupted = not _features(config, candidate, train_records + eval_records, media, classes, run,
+                                        context, progress, stop, summary)
+        if not interrupted and "head" in stages:
+            if context.is_main:
+                stopped = not _head(config, train_records, run, context.device, log, stop, progress, resume,
+                                    summary)
+            else:
+                stopped = stop.requested  # signalled while waiting: the run stops after the head stage
+            interrupted = agree(context, stopped, what="the end of the head stage", handoff=True)[0]
+        if not interrupted and "eval" in stages:
+            if context.is_main:
+                _evaluate(config, eval_records, classes, run, context.device, summary)
+            barrier(context, "the end of evaluation")
     except LofiError as error:  # what the finished stages measured is kept, with the error
         summary.document["error"] = str(error)
         _write_summary(run, summary.document, plan, interrupted, context)
         raise
-    barrier(context)
     _write_summary(run, summary.document, plan, interrupted, context)
     return RunResult(summary.document, interrupted)
 
@@ -129,20 +143,38 @@ def _write_summary(run: RunFolder, document: dict[str, Any], plan: Plan, interru
 def _media(config: TrainConfig, annotations: AnnotationSet, run: RunFolder, context: DistContext,
            progress: StageProgress):
     """Find and probe every annotated video once, up front (never fail mid-epoch); list
-    what is missing or unreadable."""
-    progress.start("checking media", len(annotations.records))
+    what is missing or unreadable. Each rank probes a strided share; every rank gets the
+    whole report."""
+    share = annotations.records[context.rank::context.world_size]
+    progress.start("checking media", len(share))
     done = [0]
 
     def advance(count: int, total: int) -> None:
         progress.advance(count - done[0])
         done[0] = count
 
-    report = check_media(annotations.records, config.data.media_root, frames=config.data.frames,
-                         progress=advance, workers=min(4, os.cpu_count() or 1))
+    part = check_media(share, config.data.media_root, frames=config.data.frames,
+                       progress=advance, workers=min(4, os.cpu_count() or 1))
     progress.stop()
+    report = _merged(gather(context, part, what="the media check"), annotations)
     if context.is_main and (report.missing or report.unreadable):
         write_listing(report, run.root / "media_problems.txt")
     return dict(report.found), report
+
+
+def _merged(parts: list[MediaReport], annotations: AnnotationSet) -> MediaReport:
+    """One report from the ranks' shares, in annotation order (as one process makes it)."""
+    if len(parts) == 1:
+        return parts[0]
+    order = {record.video_id: i for i, record in enumerate(annotations.records)}
+    found = {k: v for part in parts for k, v in part.found.items()}
+    return replace(
+        parts[0],
+        found={k: found[k] for k in sorted(found, key=order.__getitem__)},
+        missing=tuple(sorted((v for part in parts for v in part.missing), key=order.__getitem__)),
+        unreadable=tuple(sorted((u for part in parts for u in part.unreadable), key=lambda u: order[u.video_id])),
+        mismatches=tuple(sorted((m for part in parts for m in part.mismatches), key=lambda m: order[m.video_id])),
+    )
 
 
 def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, context, log, stop,
@@ -217,7 +249,7 @@ def _dataset(config, records, media, classes, fidelity, *, augment):
                         stride=config.data.stride)
 
 
-def _features(config, candidate, records, media, classes, run, context, progress, summary):
+def _features(config, candidate, records, media, classes, run, context, progress, stop, summary) -> bool:
     if config.baseline:
         encoder = _baseline_encoder(config, [r for r in records if r.subset == config.data.train_subset],
                                     media, classes, context)
@@ -239,9 +271,13 @@ def _features(config, candidate, records, media, classes, run, context, progress
     precision = "fp32" if context.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     outcome = extract_features(encoder, dataset, run.features, context, batch_size=config.feature_batch,
                                precision=precision, num_workers=config.num_workers, encoder_tag=tag,
-                               progress=progress)
-    summary.stage("features", extracted=outcome.extracted, reused=outcome.reused, skipped=outcome.skipped,
-                  seconds=round(outcome.seconds, 2), fidelity=config.data.full_fidelity.label(), encoder=tag)
+                               progress=progress, stop=stop)
+    shares = gather(context, outcome, what="the features summary")  # every rank's count
+    summary.stage("features", completed=outcome.completed, extracted=sum(o.extracted for o in shares),
+                  reused=sum(o.reused for o in shares), skipped=sorted(v for o in shares for v in o.skipped),
+                  seconds=round(max(o.seconds for o in shares), 2), fidelity=config.data.full_fidelity.label(),
+                  encoder=tag, ranks=len(shares))
+    return outcome.completed
 
 
 def _head(config, train_records, run, device, log, stop, progress, resume, summary) -> bool:

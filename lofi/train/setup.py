@@ -12,7 +12,7 @@ from typing import Any
 from lofi.errors import OptionError
 from lofi.train import defaults
 from lofi.train.config import HEAD_RECIPES, LOFI_RECIPE, DataConfig, OptimConfig, TrainConfig
-from planner.fidelity import Fidelity
+from planner.fidelity import FULL, Fidelity
 from planner.plan_file import Plan
 
 
@@ -124,22 +124,24 @@ def auto_plan(
 
     target = resolve_target(options.gpu, list_profiles(), gpus=options.gpus, fallback="cpu")
     profile = target.profile
-    frames = resolved.data.full_fidelity.frames_per_snippet
     budget = None if options.max_epoch_hours is None else options.max_epoch_hours * 3600
     target_seconds = None
     if profile.kind == "cpu":
         profile = with_measured_speed(profile)
+    full = resolved.data.full_fidelity
     if profile.kind == "cpu" and resolved.synthetic:
         spec = replace(defaults.CPU_GRID, gpus=options.gpus, nodes=options.nodes, head=options.head,
-                       backbones=options.backbones or defaults.CPU_GRID.backbones)
+                       backbones=options.backbones or defaults.CPU_GRID.backbones,
+                       fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full, defaults.SYNTH_FULL_FIDELITY)
+                                                      for f in defaults.CPU_GRID.fidelities)))
         target_seconds = defaults.CPU_EPOCH_BUDGET_SECONDS
     else:
         base = GridSpec()
         spec = replace(
             base, gpus=options.gpus, nodes=options.nodes, head=options.head,
             backbones=options.backbones or base.backbones,
-            fidelities=tuple(replace(f, frames_per_snippet=frames) for f in base.fidelities),
-            cycles=tuple(tuple(replace(f, frames_per_snippet=frames) for f in c) for c in base.cycles),
+            fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full) for f in base.fidelities)),
+            cycles=tuple(tuple(scaled_fidelity(f, full) for f in c) for c in base.cycles),
         )
     request = PlanRequest(spec, profile, margin=options.margin, videos_per_epoch=resolved.training_videos,
                           dataset=f"the training subset of {resolved.data.annotations}", detected=target.detected,
@@ -164,6 +166,20 @@ def _duration_notice(plan: Plan, target_seconds: float | None) -> tuple[str, ...
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def scaled_fidelity(fidelity: Fidelity, full: Fidelity, reference: Fidelity = FULL) -> Fidelity:
+    """`fidelity` (one of the paper's, relative to its full 100/224, or the synthetic
+    grid's, relative to defaults.SYNTH_FULL_FIDELITY) at the run's own full fidelity:
+    the same fraction of snippets and of frame size (never below what the heads and
+    the encoder take), the run's frames per snippet. The
+    paper's grid at 100/224/8 is unchanged; at any world size the same data options
+    give the same grid."""
+    from lofi.models.heads import MIN_TEMPORAL_DIM  # the heads' smallest TR
+
+    tr = max(MIN_TEMPORAL_DIM, round(fidelity.tr * full.tr / reference.tr))
+    sr = max(32, round(fidelity.sr * full.sr / reference.sr))
+    return Fidelity(min(tr, full.tr), min(sr, full.sr), full.frames_per_snippet)
 
 
 def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides, *, pretrained: str | None,

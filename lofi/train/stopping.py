@@ -1,5 +1,7 @@
 """Graceful stop on SIGINT/SIGTERM: the trainer finishes the step it is in, writes a
-checkpoint and exits cleanly. A second signal stops at once."""
+checkpoint and exits cleanly. A second signal of the same kind stops at once (a second
+Ctrl-C); a different one is taken as the same request (under torchrun, a terminal's
+SIGINT reaches the ranks, then torchrun's own SIGTERM follows it)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:  # second signal: give up on the graceful path
+        name = signal.Signals(signum).name
+        if self.requested and name == self.signal_name:  # the same signal again: give up
             raise KeyboardInterrupt
+        if self.requested:
+            return
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = name
 
     def request(self, reason: str = "requested") -> None:
         """Ask for a stop from code (tests, a step budget)."""

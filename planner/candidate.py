@@ -37,6 +37,7 @@ class Candidate:
     precision: str = "fp32"
     checkpointing: str = "none"
     optimizer: str = "sgd"
+    expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
     def __post_init__(self) -> None:
         if (self.fidelity is None) == (self.cycle is None):
@@ -56,6 +57,11 @@ class Candidate:
     def fidelities(self) -> tuple[Fidelity, ...]:
         """The fidelities this candidate trains at (one, or the members of its cycle)."""
         return self.cycle if self.cycle is not None else (self.fidelity,)  # type: ignore[return-value]
+
+    @property
+    def alloc_conf(self) -> str | None:
+        """The PYTORCH_CUDA_ALLOC_CONF this candidate trains with (None: PyTorch's default)."""
+        return "expandable_segments:True" if self.expandable_segments else None
 
     @property
     def world_size(self) -> int:

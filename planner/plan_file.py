@@ -25,7 +25,7 @@ from planner.strict_json import Node as _Node
 from planner.strict_json import kind as _kind
 
 SCHEMA = "lofi.plan"
-VERSION = 1
+VERSION = 2  # 2: needed capacity, unconstrained reserved peak, cache releases, expandable segments
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,7 @@ def candidate_to_dict(candidate: Candidate) -> dict[str, Any]:
         "precision": candidate.precision,
         "checkpointing": candidate.checkpointing,
         "optimizer": candidate.optimizer,
+        "expandable_segments": candidate.expandable_segments,
     }
 
 
@@ -335,6 +336,7 @@ def _candidate(node: _Node) -> Candidate:
             precision=node.str("precision"),
             checkpointing=node.str("checkpointing"),
             optimizer=node.str("optimizer"),
+            expandable_segments=node.bool("expandable_segments"),
         )
     except ValueError as error:
         raise node.fail(None, str(error)) from error
@@ -351,11 +353,14 @@ def _estimate(node: _Node) -> tuple[MemoryEstimate, TimeEstimate | None]:
         nccl=mem.int("nccl", optional=True),
         source=mem.str("source"),
         calibration=mem.str("calibration", optional=True),
+        reserved_slack=mem.int("reserved_slack", optional=True),
+        cache_releases_per_step=mem.int("cache_releases_per_step"),
     )
     if memory.source not in ("estimated", "measured"):
         raise mem.fail("source", f"expected 'estimated' or 'measured', got {memory.source!r}")
-    if mem.int("total") != memory.total:
-        raise mem.fail("total", f"{mem.get('total')} differs from the sum of its categories ({memory.total})")
+    for derived in ("allocated_peak", "needed_capacity", "reserved_peak", "total"):
+        if mem.int(derived) != getattr(memory, derived):
+            raise mem.fail(derived, f"{mem.get(derived)} differs from the sum of its categories ({getattr(memory, derived)})")
     mem.done()
     if total != memory.total:
         raise node.fail("total_bytes", f"{total} differs from memory.total ({memory.total})")

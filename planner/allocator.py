@@ -99,6 +99,10 @@ class ReplayResult:
     retries_late: int = 0  # of those, at events >= `count_from` (e.g. the last step)
 
 
+class _OutOfMemory(Exception):
+    """A bisection probe ran out of memory: the rest of its stream does not matter."""
+
+
 class _Block:
     __slots__ = ("addr", "size", "small", "free", "prev", "next", "mapped")
 
@@ -115,7 +119,7 @@ class _Block:
 class CachingAllocatorModel:
     """The allocator's state: free blocks per pool, sorted by (size, address)."""
 
-    def __init__(self, capacity: int | None = None, *, expandable: bool = False) -> None:
+    def __init__(self, capacity: int | None = None, *, expandable: bool = False, stop_on_oom: bool = False) -> None:
         # free blocks per pool (large, small), sorted by size then address: key size << 48 | address
         self._keys: tuple[list[int], list[int]] = ([], [])
         self._free: dict[int, _Block] = {}  # address -> free block
@@ -131,6 +135,7 @@ class CachingAllocatorModel:
         self.oom = False
         self.released = 0
         self.retries = 0
+        self.stop_on_oom = stop_on_oom  # raise _OutOfMemory at the first OOM (bisection probes)
 
     def malloc(self, nbytes: int) -> _Block:
         size = MIN_BLOCK if nbytes < MIN_BLOCK else MIN_BLOCK * ((nbytes + MIN_BLOCK - 1) // MIN_BLOCK)
@@ -181,7 +186,10 @@ class CachingAllocatorModel:
         if self.capacity is not None and self.reserved + nbytes > self.capacity:
             self.retries += 1
             self._release_cached()
-            self.oom = self.oom or self.reserved + nbytes > self.capacity
+            if self.reserved + nbytes > self.capacity:
+                self.oom = True
+                if self.stop_on_oom:
+                    raise _OutOfMemory
 
     def _extend(self, size: int, small: bool) -> _Block:
         """Expandable segments: grow the pool's segment at its end by whole pages, onto
@@ -268,10 +276,12 @@ def replay(
     small_pool: str = "exact",
     expandable: bool = False,
     count_from: int | None = None,
+    stop_on_oom: bool = False,
 ) -> ReplayResult:
     """Replay events (op ALLOC/FREE, block id, bytes, category) through the allocator;
     `capacity`: bytes the allocator may hold (None: unlimited); `expandable`: expandable
-    segments; `count_from`: the event from which retries also count as `retries_late`.
+    segments; `count_from`: the event from which retries also count as `retries_late`;
+    `stop_on_oom`: return at the first out-of-memory (only `oom` is meaningful then).
 
     `small_pool="packed"` (fast): the large pool is replayed exactly and the small pool,
     which never shares a block with it and always hands out exactly the rounded size, as
@@ -287,15 +297,22 @@ def replay(
     if kind != "cuda":
         raise ValueError(f"allocator kind must be 'cuda' or 'plain', got {kind!r}")
     late = len(ops) if count_from is None else count_from
+    try:
+        return _replay_cuda(ops, ids, sizes, categories, capacity, small_pool, expandable, late, stop_on_oom)
+    except _OutOfMemory:
+        return ReplayResult(0, 0, (0,) * N_CATEGORIES, -1, 0, oom=True)
+
+
+def _replay_cuda(ops, ids, sizes, categories, capacity, small_pool, expandable, late, stop) -> ReplayResult:
     if small_pool == "packed":
-        packed = _replay_packed(ops, ids, sizes, categories, capacity, expandable, late)
+        packed = _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop)
         if packed is not None:
             return packed
     elif small_pool != "exact":
         raise ValueError(f"small_pool must be 'exact' or 'packed', got {small_pool!r}")
     ops, ids, sizes, categories = (list(x) if not isinstance(x, np.ndarray) else x.tolist()
                                    for x in (ops, ids, sizes, categories))
-    model = CachingAllocatorModel(capacity, expandable=expandable)
+    model = CachingAllocatorModel(capacity, expandable=expandable, stop_on_oom=stop)
     live: dict[int, _Block] = {}
     held: list[int] = []  # block bytes handed out, per allocation
     peak, peak_event = 0, -1
@@ -321,7 +338,7 @@ def replay(
                         model.retries, model.retries - (model.retries if early is None else early))
 
 
-def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late) -> ReplayResult | None:
+def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop) -> ReplayResult | None:
     """The "packed" small pool (see `replay`); None where it does not apply (ids used
     twice): the caller replays exactly. With a capacity, the large pool may hold what
     the small pool's estimated segments leave of it."""
@@ -339,7 +356,10 @@ def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late) -> R
     sign = np.where(ops_a == ALLOC, 1, -1)
     small_now = np.cumsum(np.where(small, sign * rounded[ordinal], 0))  # (E,) small pool allocated
     small_reserved = (-(-int(small_now.max(initial=0)) // SMALL_BUFFER) + 1) * SMALL_BUFFER
-    model = CachingAllocatorModel(None if capacity is None else max(capacity - small_reserved, 0), expandable=expandable)
+    if stop and capacity is not None and small_reserved > capacity:
+        raise _OutOfMemory
+    model = CachingAllocatorModel(None if capacity is None else max(capacity - small_reserved, 0),
+                                  expandable=expandable, stop_on_oom=stop)
     large = np.flatnonzero(~small)
     late_at = int(np.searchsorted(large, late))  # first large event at or after `late`
     early = None

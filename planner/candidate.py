@@ -9,6 +9,7 @@ from planner.fidelity import Fidelity
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
+BATCHNORM = ("frozen", "trained")  # normalisation statistics kept fixed, or trained with the batch
 
 
 def parse_checkpointing(policy: str) -> tuple[str, int | None]:
@@ -38,6 +39,7 @@ class Candidate:
     checkpointing: str = "none"
     optimizer: str = "sgd"
     expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    batchnorm: str = "frozen"  # BATCHNORM
 
     def __post_init__(self) -> None:
         if (self.fidelity is None) == (self.cycle is None):
@@ -51,6 +53,8 @@ class Candidate:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.batchnorm not in BATCHNORM:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {self.batchnorm!r}")
         parse_checkpointing(self.checkpointing)
 
     @property

@@ -189,7 +189,8 @@ def describe(candidate: Candidate) -> str:
     else:
         fidelity = candidate.fidelity.label()  # type: ignore[union-attr]
     batch = f"batch {candidate.batch_per_gpu}" + (f"x{candidate.accumulation}" if candidate.accumulation > 1 else "")
-    text = f"{fidelity} {candidate.backbone}, {batch}, {candidate.precision}, checkpointing {candidate.checkpointing}"
+    text = (f"{fidelity} {candidate.backbone}, {batch}, {candidate.precision}, checkpointing {candidate.checkpointing}, "
+            f"{candidate.optimizer}, BN {candidate.batchnorm}")
     return text + ", expandable segments" if candidate.expandable_segments else text
 
 

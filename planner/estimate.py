@@ -257,12 +257,18 @@ class TraceStore:
 
 
 def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | None,
-                  spaces: Workspaces = Workspaces((), 0), expandable: bool = False) -> ReplayResult:
+                  spaces: Workspaces = Workspaces((), 0), expandable: bool = False, *, probe: bool = False
+                  ) -> ReplayResult:
     """The allocator over the steady state of `trace` with its workspaces, at `capacity`
-    (None: unlimited); retries in the last step count as `retries_late`."""
-    events = with_workspaces(steady_state(expand_periods(trace), accumulation), spaces.cublas, spaces.cudnn)
+    (None: unlimited); retries in the last step count as `retries_late`. `probe`: stop
+    at the first out-of-memory (a bisection step)."""
+    events = steady_events(trace, accumulation, spaces)
     return replay(events.ops, events.ids, events.sizes, events.categories, kind=kind, capacity=capacity,
-                  small_pool="packed", expandable=expandable, count_from=events.last_step)
+                  small_pool="packed", expandable=expandable, count_from=events.last_step, stop_on_oom=probe)
+
+
+def steady_events(trace: Trace, accumulation: int, spaces: Workspaces):
+    return with_workspaces(steady_state(expand_periods(trace), accumulation), spaces.cublas, spaces.cudnn)
 
 
 def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False) -> StepMemory:
@@ -275,10 +281,17 @@ def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, 
     and extrapolate (tests/test_plan_workload.py: within 1% of the full replay)."""
 
     def bisect(t: Trace) -> tuple[int, ReplayResult, ReplayResult]:
+        events = steady_events(t, accumulation, spaces)
+        arrays = (events.ops, events.ids, events.sizes, events.categories)
         if kind == "plain":
-            free = replay_steady(t, accumulation, kind, None, spaces)
+            free = replay(*arrays, kind=kind)
             return free.allocated_peak, free, free
-        return needed_capacity(lambda capacity: replay_steady(t, accumulation, kind, capacity, spaces, expandable))
+
+        def run(capacity: int | None) -> ReplayResult:
+            return replay(*arrays, kind=kind, capacity=capacity, small_pool="packed", expandable=expandable,
+                          count_from=events.last_step, stop_on_oom=capacity is not None)
+
+        return needed_capacity(run)
 
     repeats = trace.repeats
     if repeats <= REPEAT_CAP:

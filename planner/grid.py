@@ -44,6 +44,7 @@ class GridSpec:
     nodes: int = 1
     optimizer: str = "sgd"
     expandable_segments: tuple[bool, ...] = (False,)  # allocator settings to try (True: expandable segments)
+    batchnorm: str = "frozen"  # planner.candidate.BATCHNORM: what the trainer will do with BatchNorm
 
 
 def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -94,6 +95,7 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
             checkpointing=policy,
             optimizer=spec.optimizer,
             expandable_segments=expandable,
+            batchnorm=spec.batchnorm,
         )
         for fidelity, cycle in trainings
         for backbone in dict.fromkeys(spec.backbones)

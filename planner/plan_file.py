@@ -167,6 +167,7 @@ def candidate_to_dict(candidate: Candidate) -> dict[str, Any]:
         "checkpointing": candidate.checkpointing,
         "optimizer": candidate.optimizer,
         "expandable_segments": candidate.expandable_segments,
+        "batchnorm": candidate.batchnorm,
     }
 
 
@@ -337,6 +338,7 @@ def _candidate(node: _Node) -> Candidate:
             checkpointing=node.str("checkpointing"),
             optimizer=node.str("optimizer"),
             expandable_segments=node.bool("expandable_segments"),
+            batchnorm=node.str("batchnorm"),
         )
     except ValueError as error:
         raise node.fail(None, str(error)) from error

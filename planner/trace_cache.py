@@ -49,6 +49,8 @@ def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:
         "head": m.head,
         "fidelity": [m.fidelity.tr, m.fidelity.sr, m.fidelity.frames_per_snippet],
         "checkpointing": m.checkpointing,
+        "batchnorm": m.batchnorm,
+        "cycle": [[f.tr, f.sr, f.frames_per_snippet] for f in m.cycle],
         "precision": step.traced_precision,
         "optimizer": step.optimizer,
         "target": step.target,

@@ -38,10 +38,14 @@ class ModelSpec:
     head: str
     fidelity: Fidelity
     checkpointing: str = "none"
+    batchnorm: str = "frozen"  # planner.candidate.BATCHNORM
+    cycle: tuple[Fidelity, ...] = ()  # every fidelity the same model trains at (a C-LoFi cycle), in order
 
     @property
     def label(self) -> str:
-        return f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}"
+        cycle = "+".join(f.label() for f in self.cycle)
+        return (f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}/bn-{self.batchnorm}"
+                + (f"/cycle {cycle}" if cycle else ""))
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:
     parse_checkpointing(candidate.checkpointing)
     return tuple(
         StepSpec(
-            model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing),
+            model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing, candidate.batchnorm,
+                            candidate.cycle or ()),
             precision=candidate.precision,
             optimizer=candidate.optimizer,
             target=target,

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lofi.cli import main
 from plan_helpers import make_plan
-from planner.plan_file import load_plan, plan_to_dict, save_plan
+from planner.plan_file import VERSION, load_plan, plan_to_dict, save_plan
 
 
 def run(*args: str):
@@ -70,7 +70,7 @@ def test_plan_json_prints_only_the_document_and_writes_plan_json(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)  # stdout is the document and nothing else
-    assert document["schema"] == "lofi.plan" and document["version"] == 1
+    assert document["schema"] == "lofi.plan" and document["version"] == VERSION
     assert document["hardware"] == {"name": "v100-32gb", "display_name": "NVIDIA V100 SXM2 32GB",
                                     "memory_bytes": 32 * 2**30, "kind": "gpu", "detected": False}
     chosen = document["chosen"]

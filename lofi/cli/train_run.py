@@ -102,8 +102,10 @@ def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
 def _auto_plan(options: dict[str, Any], resolved):
     from lofi.train.setup import PlanOptions, auto_plan
 
+    frozen = options["freeze_bn"] if options["freeze_bn"] is not None else options["pretrained"] is not None
     plan_options = PlanOptions(options["gpu_name"], options["gpus"], 1, options["margin"],
-                               options["max_epoch_hours"], tuple(options["backbones"]), options["head"])
+                               options["max_epoch_hours"], tuple(options["backbones"]), options["head"],
+                               batchnorm="frozen" if frozen else "trained")
     with _bar("planning") as advance:
         plan, notices = auto_plan(resolved, plan_options, progress=advance)
     for notice in notices:
@@ -120,6 +122,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
     from lofi.train.precision import check_precision
     from lofi.train.progress import NullProgress, RichProgress
     from lofi.train.run_folder import RunFolder
+    from lofi.train.alloc_conf import apply_alloc_conf
     from lofi.train.setup import build_config
     from lofi.train.stopping import StopRequest
     from planner.plan_file import load_plan, save_plan
@@ -155,6 +158,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
                                   baseline=options["baseline"])
         _check_world(plan, context)
+        apply_alloc_conf(config.alloc_conf)
         check_precision(context.device, plan.chosen.precision)
         if context.is_main:
             _render_plan(plan, config)
@@ -186,7 +190,7 @@ def _overrides(options: dict[str, Any]):
     head = {"epochs": options["head_epochs"], "lr": options["head_lr"]}
     config = {"head_batch": options["head_batch"], "cycle": options["cycle"], "seed": options["seed"],
               "num_workers": options["workers"], "checkpoint_every": options["checkpoint_every"],
-              "freeze_bn": options["freeze_bn"]}
+              "freeze_bn": options["freeze_bn"], "override_plan": options["override_plan"]}
     return RecipeOverrides(lofi, head, config)
 
 

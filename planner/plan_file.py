@@ -48,6 +48,12 @@ class Measurement:
     step_seconds: float | None = None
     device: str | None = None
     error: str | None = None
+    needed_bytes: int | None = None  # smallest capacity without OOM (set_per_process_memory_fraction bisection)
+    alloc_retries: int | None = None  # torch.cuda.memory_stats()["num_alloc_retries"] over the run
+    context_bytes: int | None = None  # NVML used after CUDA init minus before
+
+
+MEASUREMENT_EXTRAS = ("needed_bytes", "alloc_retries", "context_bytes")  # optional in a result line
 
 
 @dataclass(frozen=True)
@@ -411,6 +417,7 @@ def _measurement(node: _Node) -> Measurement:
         step_seconds=node.float("step_seconds", optional=True),
         device=node.str("device", optional=True),
         error=node.str("error", optional=True),
+        **{k: node.int(k, optional=True) for k in MEASUREMENT_EXTRAS if isinstance(node.value, dict) and k in node.value},
     )
     node.done()
     return measurement

@@ -41,12 +41,12 @@ from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.hardware import GpuProfile
 from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
 from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
-                               with_workspaces)
+                               with_state, with_workspaces)
 from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, time_estimate
 from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 from planner.tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
-from planner.workload import StepSpec, Workload, step_specs
+from planner.workload import ModelSpec, StepSpec, Workload, step_specs
 
 REPEAT_CAP = 2  # more repeated periods than this: replay at 1 and 2 and extrapolate
 TRACE_BATCHES = (2, 3)  # traced batch sizes; others are extrapolated (batch 1 too: no batch-1 special cases)
@@ -89,7 +89,7 @@ def estimate_grid(
     groups: dict[object, set[Request]] = defaultdict(set)
     for c, steps in members.items():
         for s in steps:
-            groups[s.model].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments))
+            groups[s.model.traced].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments))
     total = sum(len(g) for g in groups.values()) + len(candidates)
     report = progress or (lambda done, all_: None)
     report(0, total)
@@ -220,12 +220,14 @@ class TraceStore:
         self.cache = cache
         self._tracer: Tracer | None = None
         self._replays: dict[tuple, StepMemory] = {}
+        self._extra: dict[ModelSpec, tuple[int, ...]] = {}
         self._at_batch: dict[tuple[StepSpec, int], Trace] = {}
 
     def cached(self, step: StepSpec, batch: int) -> Trace | None:
         return self.cache.get(trace_key(self.workload.key, step, batch))
 
     def trace(self, step: StepSpec, batch: int) -> Trace:
+        step = step.traced()
         found = self.cached(step, batch)
         if found is None:
             if self._tracer is None:
@@ -243,8 +245,24 @@ class TraceStore:
                 trace = extrapolate(first, second, batch)
             except StructureMismatch:
                 trace = self.trace(step, batch)
+            trace = with_state(trace, self.extra_state(step.model))
             self._at_batch = {key: trace}  # keep one: traces are large
         return self._at_batch[key]
+
+    def extra_state(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Bytes of each parameter or buffer the model of `spec` holds beyond the traced
+        model (`ModelSpec.traced`): a cycle's state for its other members."""
+        if not spec.cycle:
+            return ()
+        if spec not in self._extra:
+            def sizes(model_spec: ModelSpec) -> dict[str, int]:
+                model = self.workload.build_model(model_spec, torch.device("meta"))
+                named = [*model.named_parameters(), *model.named_buffers()]
+                return {name: t.untyped_storage().nbytes() for name, t in named}
+
+            full, traced = sizes(spec), sizes(spec.traced)
+            self._extra[spec] = tuple(n for name, n in full.items() if traced.get(name) != n)
+        return self._extra[spec]
 
     def step_memory(self, step: StepSpec, batch: int, accumulation: int, kind: str, spaces: Workspaces,
                     expandable: bool = False) -> StepMemory:

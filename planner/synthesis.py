@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from planner.allocator import ALLOC, FREE
-from planner.trace import ACTIVATION, GRADIENT, OPTIMIZER_STATE, STUB, WORKSPACE, Trace
+from planner.trace import ACTIVATION, GRADIENT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 
 
 class StructureMismatch(ValueError):
@@ -101,6 +101,24 @@ def steady_state(trace: Trace, accumulation: int = 1) -> Events:
         parts.append(_optimizer_copy(optimizer, copy, n_blocks, setup_blocks, in_micro, is_grad,
                                      fresh, previous_micro, drop_state=step == 2))
     return replace(_concat(parts), last_step=last_step)
+
+
+def with_state(trace: Trace, sizes: tuple[int, ...]) -> Trace:
+    """`trace` with blocks of `sizes` bytes allocated first and kept (parameters or
+    buffers the traced model did not have); existing block ids move up by len(sizes),
+    so setup blocks keep the lowest ids (`steady_state` relies on it)."""
+    if not sizes:
+        return trace
+    k = len(sizes)
+    return replace(
+        trace,
+        ops=np.concatenate([np.full(k, ALLOC, np.int8), trace.ops]),
+        ids=np.concatenate([np.arange(k, dtype=np.int64), trace.ids + k]),
+        sizes=np.concatenate([np.asarray(sizes, dtype=np.int64), trace.sizes]),
+        categories=np.concatenate([np.full(k, PARAMETER, np.int8), trace.categories]),
+        marks=tuple((label, index + k) for label, index in trace.marks),
+        carry=tuple(b + k for b in trace.carry),
+    )
 
 
 def with_workspaces(events: Events, cublas: tuple[int, ...], cudnn: int) -> Events:

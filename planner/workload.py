@@ -42,6 +42,14 @@ class ModelSpec:
     cycle: tuple[Fidelity, ...] = ()  # every fidelity the same model trains at (a C-LoFi cycle), in order
 
     @property
+    def traced(self) -> ModelSpec:
+        """The spec whose step is traced: without the cycle. A cycle member's model
+        differs from the single-fidelity one only by state it holds for the other
+        members (e.g. a head's sampling matrices), added to the trace as allocations at
+        setup (`planner.estimate.TraceStore.at_batch`)."""
+        return replace(self, cycle=())
+
+    @property
     def label(self) -> str:
         cycle = "+".join(f.label() for f in self.cycle)
         return (f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}/bn-{self.batchnorm}"
@@ -70,6 +78,10 @@ class StepSpec:
 
     def canonical(self) -> StepSpec:
         return replace(self, precision=self.traced_precision)
+
+    def traced(self) -> StepSpec:
+        """The step that is traced for this one: canonical precision, no cycle."""
+        return replace(self, precision=self.traced_precision, model=self.model.traced)
 
 
 def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:

@@ -232,9 +232,9 @@ def _winner(report: Report, entry: PlanEntry) -> Panel:
 
 def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column("category")
-    table.add_column("GiB", justify="right")
-    table.add_column("share", no_wrap=True)
+    table.add_column("category", no_wrap=True)
+    table.add_column("GiB", justify="right", no_wrap=True)
+    table.add_column("share", overflow="fold")
     rows = [
         ("parameters", memory.parameters), ("gradients", memory.gradients), ("optimizer state", memory.optimizer_state),
         ("activations at the peak", memory.activations), ("cuBLAS/cuDNN workspace", memory.workspace),
@@ -248,10 +248,9 @@ def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
         table.add_row(name, f"{value / GIB:.2f}", Text("█" * share, style="cyan"))
     releases = memory.cache_releases_per_step
     for name, value, note in (
-        ("allocated peak", memory.allocated_peak, "torch.cuda.max_memory_allocated"),
-        ("needed capacity", memory.needed_capacity,
-         f"the verdict: smallest capacity without OOM; {releases} cache release(s) per step there"),
-        ("reserved, GPU with room", memory.reserved_peak, "torch.cuda.max_memory_reserved with no limit"),
+        ("allocated peak", memory.allocated_peak, "max_memory_allocated"),
+        ("needed capacity", memory.needed_capacity, f"decides the fit; {releases} cache release(s)/step"),
+        ("reserved, GPU with room", memory.reserved_peak, "max_memory_reserved, no limit"),
     ):
         table.add_row(Text(name, style="italic"), f"{value / GIB:.2f}", Text(note, style="grey70"))
     table.add_row(

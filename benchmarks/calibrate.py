@@ -2,18 +2,22 @@
 each candidate in its own `python -m lofi.measure_step` subprocess, write
 profiles/measured/<gpu>.json as it goes and print estimate vs measurement per quantity.
 
-    PYTHONPATH=$PWD python benchmarks/calibrate.py [--budget-s 450] [--out profiles/measured]
+    PYTHONPATH=$PWD python benchmarks/calibrate.py [--budget-s 400] [--out profiles/measured]
     PYTHONPATH=$PWD python benchmarks/calibrate.py --dry-run     # the CPU, a tiny grid (CI)
 
 Robust by design: a probe that fails or times out is recorded with its error and the
-run goes on; rows not started within the time budget are recorded as skipped; the JSON
-file is rewritten (atomically) after every row, so a killed run leaves what it measured.
+run goes on; rows not started within the time budget are recorded as skipped, and a
+running row is stopped 60 s after it (so the whole run ends by budget + 60 s: 7 min 40 s
+by default); the JSON file is rewritten (atomically) after every row, so a killed run
+leaves what it measured. The rows that bisect the needed capacity run first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,11 +58,13 @@ def gpu_grid(half: str) -> list[tuple[Candidate, bool]]:
     rows += [
         (Candidate("tsm_r18", "gtad", 8, fidelity=st, precision=half, checkpointing="block"), False),
         (Candidate("tsm_r18", "gtad", 2, cycle=C_LOFI_CYCLE, precision=half, checkpointing="block"), False),
+    ]
+    needed = [
         (Candidate("tsm_r50", "gtad", 2, fidelity=st, precision=half, checkpointing="none"), True),
         (Candidate("tsm_r18", "gtad", 2, fidelity=st, precision="fp32", checkpointing="block"), True),
         (Candidate("tsm_r50", "gtad", 4, fidelity=low, precision="fp32", checkpointing="none"), True),
     ]
-    return rows
+    return needed + rows
 
 
 def dry_grid() -> list[tuple[Candidate, bool]]:
@@ -71,7 +77,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="run a tiny grid on the CPU (no GPU needed)")
     parser.add_argument("--out", type=Path, default=ROOT / "profiles" / "measured")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="start no row after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="start no row after this many seconds; stop a running one 60 s later")
     parser.add_argument("--max-rows", type=int, help="measure only the first N rows")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 180)
@@ -93,7 +100,7 @@ def main() -> int:
             measured = {"error": f"skipped: time budget of {args.budget_s:.0f} s spent"}
         else:
             console.print(f"[{n}/{len(rows)}] {_label(candidate)}{' (needed capacity)' if bisect else ''}")
-            measured = measure_row(candidate, device, bisect)
+            measured = measure_row(candidate, device, bisect, limit_s=args.budget_s + 60 - elapsed)
         document["device"] = document["device"] or measured.get("device")
         document["rows"].append({"candidate": candidate_to_dict(candidate), "estimate": _estimate(estimate),
                                  "measured": measured})
@@ -107,29 +114,32 @@ def main() -> int:
     return 0
 
 
-def measure_row(candidate: Candidate, device: str, bisect: bool) -> dict:
-    """One measuring subprocess; a failure is a result with `error`, never an exception."""
+def measure_row(candidate: Candidate, device: str, bisect: bool, limit_s: float | None = None) -> dict:
+    """One measuring subprocess (killed after its timeout, or `limit_s`); a failure is a
+    result with `error`, never an exception."""
     argv = [sys.executable, "-m", "lofi.measure_step", "--candidate", json.dumps(candidate_to_dict(candidate)),
             "--device", device, *(["--needed"] if bisect else [])]
-    timeout = NEEDED_TIMEOUT_S if bisect else ROW_TIMEOUT_S
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
-                              env=_env())
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+    timeout = min(NEEDED_TIMEOUT_S if bisect else ROW_TIMEOUT_S, limit_s if limit_s is not None else float("inf"))
+    try:  # its own session: on a timeout the probes it started go with it
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                   env=_env(), start_new_session=True)
     except OSError as error:
         return {"error": f"could not start the measuring process: {error}"}
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        stdout, stderr = process.communicate(timeout=max(timeout, 1.0))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in stdout.splitlines() if line.strip()]
     try:
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        tail = (stderr.strip().splitlines() or [f"exit code {process.returncode}"])[-1]
         return {"error": f"no result: {tail}"}
 
 
 def _env() -> dict[str, str]:
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env

@@ -56,3 +56,17 @@ def test_measure_step_bisects_the_needed_capacity_on_cuda():
     assert result["error"] is None and not result["oom"]
     assert result["max_allocated_bytes"] <= result["needed_bytes"] <= result["max_reserved_bytes"]
     assert result["context_bytes"] > 0 and result["alloc_retries"] == 0
+
+
+def test_a_row_past_its_time_limit_is_stopped_and_recorded(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import calibrate
+    finally:
+        sys.path.pop(0)
+    from planner.candidate import Candidate
+    from planner.fidelity import Fidelity
+
+    result = calibrate.measure_row(Candidate("tsm_r18", "gtad", 1, fidelity=Fidelity(4, 32, 2)), "cpu", False,
+                                   limit_s=1.0)
+    assert result == {"error": "timed out after 1 s"}

@@ -173,7 +173,8 @@ def estimate_group(requests, store, profile, overheads, kind) -> dict[Request, R
     spaces = workspaces(profile, overheads)
     for r in requests:
         trace = store.at_batch(r.step, r.batch)
-        memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable)
+        device = profile.memory_bytes - context_bytes(profile, overheads)  # the most the allocator can get
+        memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable, device)
         out[r] = Replayed(memory, expanded_flops(trace), trace.grad_bytes)
     return out
 
@@ -265,12 +266,13 @@ class TraceStore:
         return self._extra[spec]
 
     def step_memory(self, step: StepSpec, batch: int, accumulation: int, kind: str, spaces: Workspaces,
-                    expandable: bool = False) -> StepMemory:
+                    expandable: bool = False, device: int | None = None) -> StepMemory:
         """The unlimited replay of the steady state at `batch` and its needed capacity
-        (memoized: targets with the same workspaces and GPU counts share them)."""
-        key = (step, batch, min(accumulation, 2), kind, spaces, expandable)
+        (memoized: GPU counts with the same workspaces share them)."""
+        key = (step, batch, min(accumulation, 2), kind, spaces, expandable, device)
         if key not in self._replays:
-            self._replays[key] = step_memory(self.at_batch(step, batch), accumulation, kind, spaces, expandable)
+            self._replays[key] = step_memory(self.at_batch(step, batch), accumulation, kind, spaces, expandable,
+                                             device)
         return self._replays[key]
 
 
@@ -289,8 +291,12 @@ def steady_events(trace: Trace, accumulation: int, spaces: Workspaces):
     return with_workspaces(steady_state(expand_periods(trace), accumulation), spaces.cublas, spaces.cudnn)
 
 
-def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False) -> StepMemory:
-    """Unlimited replay and needed capacity of the steady state of `trace`.
+def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False,
+                device: int | None = None) -> StepMemory:
+    """Unlimited replay and needed capacity of the steady state of `trace`; `device`:
+    the most the allocator can get on the target (a step whose allocated peak is above
+    it fits on no such device whatever the allocator does: its needed capacity is
+    bisected to within 1 % of that peak).
 
     Hundreds of repeated periods (a chunked encoder at batch 16) would make a stream of
     millions of events, but a period leaves next to nothing behind: the allocated peak
@@ -309,7 +315,7 @@ def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, 
             return replay(*arrays, kind=kind, capacity=capacity, small_pool="packed", expandable=expandable,
                           count_from=events.last_step, stop_on_oom=capacity is not None)
 
-        return needed_capacity(run)
+        return needed_capacity(run, coarse_above=device)
 
     repeats = trace.repeats
     if repeats <= REPEAT_CAP:

@@ -162,6 +162,22 @@ def test_needed_capacity_bisects_within_the_tolerance():
     assert 52 * MiB <= capacity <= 52 * MiB + 32 * MiB and not at.oom
 
 
+def test_a_stream_that_fits_no_device_is_bisected_coarsely():
+    """Allocated 46 MiB above a 40 MiB device: 1 % of the peak is the tolerance there."""
+    events, last = two_steps([("a", 0, 16 * MiB), ("a", 1, 20 * MiB), ("f", 0), ("a", 2, 26 * MiB), ("f", 1), ("f", 2)])
+    probes = []
+
+    def run_at(capacity):
+        probes.append(capacity)
+        return run(events, capacity=capacity, count_from=last)
+
+    fine, _, _ = needed_capacity(run_at, tolerance=64 * 1024, coarse_above=100 * MiB)
+    fine_probes, probes[:] = len(probes), []
+    coarse, _, _ = needed_capacity(run_at, tolerance=64 * 1024, coarse_above=40 * MiB)
+    assert 52 * MiB <= fine <= coarse <= 52 * MiB + 46 * MiB // 100 + 1
+    assert len(probes) < fine_probes
+
+
 def test_expandable_segments_grow_in_place():
     """By hand: 30 MiB maps two 20 MiB pages (10 MiB free at the end), freed; 50 MiB
     extends that free end by one page: 60 MiB in one segment, where the default

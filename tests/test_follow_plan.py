@@ -53,3 +53,20 @@ def test_alloc_conf_goes_into_the_environment(monkeypatch):
     assert os.environ[ENV] == "max_split_size_mb:128,expandable_segments:True"
     assert apply_alloc_conf(None) == os.environ[ENV]  # the default allocator: left alone
     assert merged_setting(None, "expandable_segments:True") == "expandable_segments:True"
+
+
+def test_the_run_config_records_the_allocator_setting_and_overrides():
+    from lofi.train.config import DataConfig, config_to_dict
+    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+    from train_helpers import tiny_plan
+
+    plan = tiny_plan(tiny_candidate(expandable_segments=True, optimizer="sgd", batchnorm="frozen"))
+    resolved = ResolvedData(DataConfig(annotations="a.json", media_root="videos"), synthetic=False, training_videos=4)
+    config = build_config(resolved, plan, RecipeOverrides(lofi={"name": "adam"}, config={"override_plan": True}),
+                          pretrained=None, baseline=False)
+    recorded = config_to_dict(config)
+    assert recorded["alloc_conf"] == "expandable_segments:True"
+    assert list(recorded["plan_overrides"]) == ["optimizer: sgd -> adam"]
+    assert recorded["freeze_bn"] is True  # the plan's BatchNorm mode, not the random-init default
+    with pytest.raises(OptionError, match="contradicts the plan's optimizer sgd"):
+        build_config(resolved, plan, RecipeOverrides(lofi={"name": "adam"}), pretrained=None, baseline=False)

@@ -96,8 +96,9 @@ def estimate_grid(
     jobs = [sorted(g, key=lambda r: (r.step.precision, r.step.optimizer, r.batch, r.accumulation, r.expandable))
             for g in sorted(groups.values(), key=_cost, reverse=True)]
     results: dict[Request, Replayed] = {}
-    untraced = sum(not cache.has(trace_key(workload.key, r.step, b)) for g in jobs for r in g for b in TRACE_BATCHES)
-    count = _workers(workers, len(jobs)) if cache.root is not None and untraced else 1
+    # Worker processes trace and replay; with every trace cached the replays (a bisection
+    # each) still pay for them on a large grid.
+    count = _workers(workers, len(jobs)) if cache.root is not None else 1
     for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count):
         results.update(done)
         report(len(results), total)

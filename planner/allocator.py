@@ -398,15 +398,16 @@ def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop
 
 
 def needed_capacity(run: Callable[[int | None], ReplayResult], *, tolerance: int = NEEDED_TOLERANCE,
-                    coarse_above: int | None = None) -> tuple[int, ReplayResult, ReplayResult]:
+                    verdict: tuple[int, int] | None = None) -> tuple[int, ReplayResult, ReplayResult]:
     """The smallest capacity (within `tolerance`) at which `run(capacity)`, a replay of
     one stream, has no out-of-memory: bisection between its allocated peak (nothing can
-    run below it) and its unlimited reserved peak (never constrained). A stream whose
-    allocated peak alone is above `coarse_above` (it fits no such device whatever the
-    allocator does) is bisected to within 1 % of that peak instead. Returns the
+    run below it) and its unlimited reserved peak (never constrained). `verdict`: the
+    capacities (low, high) between which a fit is decided; a stream whose allocated
+    peak is above `high` (fits nowhere) or whose reserved peak is below `low` (fits
+    anyway) is bisected to within 1 % of its allocated peak instead. Returns the
     capacity, the replay there and the unlimited replay."""
     free = run(None)
-    if coarse_above is not None and free.allocated_peak > coarse_above:
+    if verdict is not None and not (free.allocated_peak <= verdict[1] and free.reserved_peak >= verdict[0]):
         tolerance = max(tolerance, free.allocated_peak // 100)
     low, high, at_high = free.allocated_peak, free.reserved_peak, free
     while high - low > tolerance:

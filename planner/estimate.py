@@ -37,6 +37,7 @@ import torch
 
 from planner.allocator import ReplayResult, needed_capacity, replay
 from planner.candidate import Candidate
+from planner.choose import DEFAULT_MARGIN, usable_bytes
 from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.hardware import GpuProfile
 from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
@@ -77,8 +78,10 @@ def estimate_grid(
     progress: Progress | None = None,
     workers: int | None = None,
     overheads: Overheads | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> list[CandidateEstimate]:
     """Estimates in the order of `candidates`. `cache=None`: the on-disk default cache.
+    `margin`: the fit margin the plan will use (where the needed capacity must be exact).
     `workers`: processes that trace and replay, one model spec at a time (None:
     $LOFI_PLAN_WORKERS, else up to 2; an in-memory cache is used in-process only)."""
     overheads = overheads or load_overheads()
@@ -89,7 +92,8 @@ def estimate_grid(
     groups: dict[object, set[Request]] = defaultdict(set)
     for c, steps in members.items():
         for s in steps:
-            groups[s.model.traced].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments))
+            groups[s.model.traced].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments,
+                                               c.world_size))
     total = sum(len(g) for g in groups.values()) + len(candidates)
     report = progress or (lambda done, all_: None)
     report(0, total)
@@ -99,12 +103,14 @@ def estimate_grid(
     # Worker processes trace and replay; with every trace cached the replays (a bisection
     # each) still pay for them on a large grid.
     count = _workers(workers, len(jobs)) if cache.root is not None else 1
-    for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count):
+    usable = usable_bytes(profile, margin)
+    for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count, usable):
         results.update(done)
         report(len(results), total)
     estimates = []
     for n, c in enumerate(candidates, start=1):
-        member = [_member(results[Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments)], c, profile,
+        member = [_member(results[Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments,
+                                          c.world_size)], c, profile,
                           overheads, videos_per_epoch) for s in members[c]]
         memory = max((m for m, _ in member), key=lambda m: m.total)
         timing = member[0][1] if len(member) == 1 else mean_time([t for _, t in member])
@@ -122,6 +128,7 @@ class Request:
     batch: int
     accumulation: int  # 1, or 2 standing for any number >= 2
     expandable: bool = False
+    world_size: int = 1  # where the verdict falls (DDP and NCCL memory) decides how exactly to bisect
 
 
 @dataclass(frozen=True)
@@ -168,29 +175,33 @@ def _outside(profile, overheads, grad_bytes, world_size) -> dict[str, int | None
     }
 
 
-def estimate_group(requests, store, profile, overheads, kind) -> dict[Request, Replayed]:
-    """Replays of one model spec's requests (traces from `store`: cache, else traced)."""
+def estimate_group(requests, store, profile, overheads, kind, usable: int) -> dict[Request, Replayed]:
+    """Replays of one model spec's requests (traces from `store`: cache, else traced).
+    The needed capacity is bisected to 32 MiB where it decides the fit, between what the
+    allocator may hold of the `usable` bytes (all but the context and DDP/NCCL) and
+    that plus DDP/NCCL; elsewhere to 1 % (`allocator.needed_capacity`)."""
     out = {}
     spaces = workspaces(profile, overheads)
     for r in requests:
         trace = store.at_batch(r.step, r.batch)
-        device = profile.memory_bytes - context_bytes(profile, overheads)  # the most the allocator can get
-        memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable, device)
+        outside = sum(v or 0 for v in _outside(profile, overheads, trace.grad_bytes, r.world_size).values())
+        verdict = (usable - outside, usable - context_bytes(profile, overheads))
+        memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable, verdict)
         out[r] = Replayed(memory, expanded_flops(trace), trace.grad_bytes)
     return out
 
 
-def _run_groups(jobs, workload, cache, profile, overheads, kind, workers):
+def _run_groups(jobs, workload, cache, profile, overheads, kind, workers, usable):
     if workers <= 1:
         store = TraceStore(workload, cache)
         for job in jobs:
-            yield estimate_group(job, store, profile, overheads, kind)
+            yield estimate_group(job, store, profile, overheads, kind, usable)
         return
     context = multiprocessing.get_context("spawn")
     finished: set[int] = set()
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind): n
+            futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind, usable): n
                        for n, job in enumerate(jobs)}
             for future in as_completed(futures):
                 result = future.result()
@@ -200,11 +211,11 @@ def _run_groups(jobs, workload, cache, profile, overheads, kind, workers):
         store = TraceStore(workload, cache)
         for n, job in enumerate(jobs):
             if n not in finished:
-                yield estimate_group(job, store, profile, overheads, kind)
+                yield estimate_group(job, store, profile, overheads, kind, usable)
 
 
-def _group_in_worker(job, workload, root, profile, overheads, kind):
-    return estimate_group(job, TraceStore(workload, TraceCache(root)), profile, overheads, kind)
+def _group_in_worker(job, workload, root, profile, overheads, kind, usable):
+    return estimate_group(job, TraceStore(workload, TraceCache(root)), profile, overheads, kind, usable)
 
 
 def _cost(group: set[Request]) -> float:
@@ -267,13 +278,13 @@ class TraceStore:
         return self._extra[spec]
 
     def step_memory(self, step: StepSpec, batch: int, accumulation: int, kind: str, spaces: Workspaces,
-                    expandable: bool = False, device: int | None = None) -> StepMemory:
+                    expandable: bool = False, verdict: tuple[int, int] | None = None) -> StepMemory:
         """The unlimited replay of the steady state at `batch` and its needed capacity
         (memoized: GPU counts with the same workspaces share them)."""
-        key = (step, batch, min(accumulation, 2), kind, spaces, expandable, device)
+        key = (step, batch, min(accumulation, 2), kind, spaces, expandable, verdict)
         if key not in self._replays:
             self._replays[key] = step_memory(self.at_batch(step, batch), accumulation, kind, spaces, expandable,
-                                             device)
+                                             verdict)
         return self._replays[key]
 
 
@@ -293,11 +304,10 @@ def steady_events(trace: Trace, accumulation: int, spaces: Workspaces):
 
 
 def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False,
-                device: int | None = None) -> StepMemory:
-    """Unlimited replay and needed capacity of the steady state of `trace`; `device`:
-    the most the allocator can get on the target (a step whose allocated peak is above
-    it fits on no such device whatever the allocator does: its needed capacity is
-    bisected to within 1 % of that peak).
+                verdict: tuple[int, int] | None = None) -> StepMemory:
+    """Unlimited replay and needed capacity of the steady state of `trace`; `verdict`:
+    the allocator capacities between which the fit is decided (outside them the needed
+    capacity is bisected to within 1 % of the allocated peak, `allocator.needed_capacity`).
 
     Hundreds of repeated periods (a chunked encoder at batch 16) would make a stream of
     millions of events, but a period leaves next to nothing behind: the allocated peak
@@ -316,7 +326,7 @@ def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, 
             return replay(*arrays, kind=kind, capacity=capacity, small_pool="packed", expandable=expandable,
                           count_from=events.last_step, stop_on_oom=capacity is not None)
 
-        return needed_capacity(run, coarse_above=device)
+        return needed_capacity(run, verdict=verdict)
 
     repeats = trace.repeats
     if repeats <= REPEAT_CAP:
@@ -324,6 +334,7 @@ def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, 
         return StepMemory(free, needed, at_needed.retries_late)
     low, high = REPEAT_CAP - 1, REPEAT_CAP
     a = replay_steady(with_repeats(trace, low), accumulation, kind, None, spaces, expandable)
+    verdict = None  # the two-period stream is smaller than the step: bisect it to 32 MiB
     needed_b, at_needed, b = bisect(with_repeats(trace, high))
     t = (repeats - low) / (high - low)
 

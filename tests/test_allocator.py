@@ -162,8 +162,9 @@ def test_needed_capacity_bisects_within_the_tolerance():
     assert 52 * MiB <= capacity <= 52 * MiB + 32 * MiB and not at.oom
 
 
-def test_a_stream_that_fits_no_device_is_bisected_coarsely():
-    """Allocated 46 MiB above a 40 MiB device: 1 % of the peak is the tolerance there."""
+def test_a_stream_whose_verdict_is_decided_anyway_is_bisected_coarsely():
+    """Allocated 46 MiB and reserved 62 MiB: with the fit decided between 40 and 44 MiB
+    (nothing fits there) or 70 and 80 MiB (it fits anyway) 1 % of the peak is enough."""
     events, last = two_steps([("a", 0, 16 * MiB), ("a", 1, 20 * MiB), ("f", 0), ("a", 2, 26 * MiB), ("f", 1), ("f", 2)])
     probes = []
 
@@ -171,11 +172,13 @@ def test_a_stream_that_fits_no_device_is_bisected_coarsely():
         probes.append(capacity)
         return run(events, capacity=capacity, count_from=last)
 
-    fine, _, _ = needed_capacity(run_at, tolerance=64 * 1024, coarse_above=100 * MiB)
+    fine, _, _ = needed_capacity(run_at, tolerance=64 * 1024, verdict=(50 * MiB, 54 * MiB))
     fine_probes, probes[:] = len(probes), []
-    coarse, _, _ = needed_capacity(run_at, tolerance=64 * 1024, coarse_above=40 * MiB)
-    assert 52 * MiB <= fine <= coarse <= 52 * MiB + 46 * MiB // 100 + 1
-    assert len(probes) < fine_probes
+    for verdict in ((40 * MiB, 44 * MiB), (70 * MiB, 80 * MiB)):
+        coarse, _, _ = needed_capacity(run_at, tolerance=64 * 1024, verdict=verdict)
+        assert 52 * MiB <= fine <= coarse <= 52 * MiB + 46 * MiB // 100 + 1
+        assert len(probes) < fine_probes
+        probes[:] = []
 
 
 def test_expandable_segments_grow_in_place():

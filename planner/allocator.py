@@ -342,33 +342,21 @@ def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop
     """The "packed" small pool (see `replay`); None where it does not apply (ids used
     twice): the caller replays exactly. With a capacity, the large pool may hold what
     the small pool's estimated segments leave of it."""
-    ops_a, ids_a = np.asarray(ops), np.asarray(ids)
-    allocs = np.flatnonzero(ops_a == ALLOC)
-    if len(allocs) == 0 or len(np.unique(ids_a[allocs])) != len(allocs):
+    prepared = _pack(ops, ids, sizes)
+    if prepared is None:
         return None
-    rounded = np.maximum(MIN_BLOCK, (np.asarray(sizes)[allocs] + MIN_BLOCK - 1) // MIN_BLOCK * MIN_BLOCK)
-    by_id = np.full(int(ids_a.max()) + 1, -1, dtype=np.int64)
-    by_id[ids_a[allocs]] = np.arange(len(allocs))
-    ordinal = by_id[ids_a]  # (E,) which allocation each event names
-    if np.any(ordinal < 0):
-        return None  # a free of an unknown block: let the exact replay report it
-    small = rounded[ordinal] <= SMALL_SIZE  # (E,)
-    sign = np.where(ops_a == ALLOC, 1, -1)
-    small_now = np.cumsum(np.where(small, sign * rounded[ordinal], 0))  # (E,) small pool allocated
-    small_reserved = (-(-int(small_now.max(initial=0)) // SMALL_BUFFER) + 1) * SMALL_BUFFER
+    ops_a, small, small_now, small_reserved, large, large_events, rounded = prepared
     if stop and capacity is not None and small_reserved > capacity:
         raise _OutOfMemory
     model = CachingAllocatorModel(None if capacity is None else max(capacity - small_reserved, 0),
                                   expandable=expandable, stop_on_oom=stop)
-    large = np.flatnonzero(~small)
     late_at = int(np.searchsorted(large, late))  # first large event at or after `late`
     early = None
     held = rounded.tolist()
-    large_now = np.zeros(len(ops_a), dtype=np.int64)
     live: dict[int, _Block] = {}
     after: list[int] = []
     malloc, free, pop, note = model.malloc, model.free, live.pop, after.append
-    for n, (op, ident, k) in enumerate(zip(ops_a[large].tolist(), ids_a[large].tolist(), ordinal[large].tolist())):
+    for n, (op, ident, k) in enumerate(zip(*large_events)):
         if n == late_at:
             early = model.retries
         if op == ALLOC:
@@ -379,6 +367,11 @@ def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop
         else:
             free(pop(ident))
         note(model.allocated)
+    retries_late = model.retries - (model.retries if early is None else early)
+    if stop:  # a bisection probe: only whether it ran, its retries and its cache matter
+        return ReplayResult(0, model.reserved_peak + small_reserved, (0,) * N_CATEGORIES, -1, model.segments,
+                            model.oom, model.released, model.retries, retries_late)
+    large_now = np.zeros(len(ops_a), dtype=np.int64)
     large_now[large] = after
     # carry the large pool's allocated bytes forward to the events in between
     last = np.maximum.accumulate(np.where(~small, np.arange(len(ops_a)), -1))
@@ -393,8 +386,39 @@ def _replay_packed(ops, ids, sizes, categories, capacity, expandable, late, stop
         oom=model.oom or (capacity is not None and small_reserved > capacity),
         released=model.released,
         retries=model.retries,
-        retries_late=model.retries - (model.retries if early is None else early),
+        retries_late=retries_late,
     )
+
+
+_PACKED: list = [None]  # the last stream packed: (ops, ids, sizes, packing); probes reuse it
+
+
+def _pack(ops, ids, sizes):
+    """The numpy work of a packed replay that does not depend on the capacity: memoized
+    for the last stream (the same array objects, as a bisection passes them)."""
+    last = _PACKED[0]
+    if last is not None and last[0] is ops and last[1] is ids and last[2] is sizes:
+        return last[3]
+    ops_a, ids_a = np.asarray(ops), np.asarray(ids)
+    allocs = np.flatnonzero(ops_a == ALLOC)
+    if len(allocs) == 0 or len(np.unique(ids_a[allocs])) != len(allocs):
+        return None
+    rounded = np.maximum(MIN_BLOCK, (np.asarray(sizes)[allocs] + MIN_BLOCK - 1) // MIN_BLOCK * MIN_BLOCK)
+    by_id = np.full(int(ids_a.max()) + 1, -1, dtype=np.int64)
+    by_id[ids_a[allocs]] = np.arange(len(allocs))
+    ordinal = by_id[ids_a]  # (E,) which allocation each event names
+    if np.any(ordinal < 0):
+        return None  # a free of an unknown block: let the exact replay report it
+    small = rounded[ordinal] <= SMALL_SIZE  # (E,)
+    sign = np.where(ops_a == ALLOC, 1, -1)
+    small_now = np.cumsum(np.where(small, sign * rounded[ordinal], 0))  # (E,) small pool allocated
+    small_reserved = (-(-int(small_now.max(initial=0)) // SMALL_BUFFER) + 1) * SMALL_BUFFER
+    large = np.flatnonzero(~small)
+    large_events = (ops_a[large].tolist(), ids_a[large].tolist(), ordinal[large].tolist())
+    packing = (ops_a, small, small_now, small_reserved, large, large_events, rounded)
+    if isinstance(ops, np.ndarray) and isinstance(ids, np.ndarray) and isinstance(sizes, np.ndarray):
+        _PACKED[0] = (ops, ids, sizes, packing)
+    return packing
 
 
 def needed_capacity(run: Callable[[int | None], ReplayResult], *, tolerance: int = NEEDED_TOLERANCE,

@@ -10,6 +10,8 @@ issue): under 60 s cold on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -26,16 +28,24 @@ def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path) -> list[float
     profile = get_profile(gpu)
     candidates = build_grid(GridSpec(gpus=gpus), profile)
     target = "cpu" if profile.kind == "cpu" else "cuda"
-    traces = {(s.canonical(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
+    traces = {(s.traced(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
     print(f"{gpu} x {gpus}: {len(candidates)} candidates, {len(traces)} traces at batch sizes {TRACE_BATCHES}")
     times = []
     for label in ("cold", "warm"):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         estimates = estimate_grid(candidates, lofi_workload(), profile, cache=TraceCache(cache_dir), workers=workers)
         times.append(time.perf_counter() - start)
         fits = sum(e.memory.total <= profile.memory_bytes for e in estimates)
-        print(f"  {label}: {times[-1]:.1f} s ({fits} of {len(estimates)} within {profile.memory_bytes / 2**30:.0f} GiB)")
+        print(f"  {label}: {times[-1]:.1f} s wall, {_cpu_seconds() - cpu:.1f} s CPU in this process and its workers "
+              f"({fits} of {len(estimates)} within {profile.memory_bytes / 2**30:.0f} GiB); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return times
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (the worker pool)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:

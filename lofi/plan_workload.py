@@ -4,16 +4,23 @@ trained end to end with the head's loss, on uint8 clips of the candidate's fidel
     clips (B, TR, F, 3, SR, SR) uint8 -> encoder -> (B, C, TR) -> head -> HeadOutput
     loss = tal_loss(output, start (B, T), end (B, T), iou_map (B, T, T), valid anchors (T, T))
 
-T = TR (PAPER.md: "When TR < 100, the anchors of the head are all pairs"). Optimizer:
-SGD, momentum 0, weight decay 1e-4 (the paper), or the other `planner.candidate`
-optimizers (`planner.workload.sgd_or_adam`). BatchNorm is frozen (`build_encoder`'s
-default). The planner drives the step (autocast, backward, optimizer step, zero_grad;
-see `planner.workload`): the trainer must run the same step. (`lofi.train.lofi_stage`
-computes the loss after leaving autocast; `tal_loss` casts the head's outputs to
-float32 first, so the same ops run either way.)
+T = TR (PAPER.md: "When TR < 100, the anchors of the head are all pairs"). The model and
+the optimizer come from the trainer's own builder (`lofi.models.lofi_model`): BatchNorm
+frozen or trained as the candidate says, a C-LoFi head holding every member's sampling
+matrices, the checkpointing policy, SGD (momentum 0, the paper; or 0.9) or Adam with
+the implementation PyTorch picks on the target. The loss is the TAL loss of the batch at
+once: the trainer averages each video's loss (`lofi.train.objective`), the same ops
+once per video on (T, T) maps, whose memory is well under 1 % of a step's peak, while a
+loop over the batch would give traces whose structure depends on the batch size (no
+extrapolation between batch sizes). The planner
+drives the step (autocast, backward, optimizer step, zero_grad; see
+`planner.workload`), as `lofi.train.lofi_stage` does (it computes the loss after
+leaving autocast; `tal_loss` casts the head's outputs to float32 first, so the same ops
+run either way); tests/test_plan_matches_trainer.py checks that the trainer's own step
+allocates what the planner estimates.
 
-The workload's key carries a hash of the model and loss sources (lofi/models/*.py and
-this file), so cached traces are not reused after the model changes.
+The workload's key carries a hash of the model and loss sources (lofi/models/*.py
+and this file), so cached traces are not reused after the model changes.
 
 Tracing `chunk:K` fast: a chunked encoder runs the same segment B*TR/K times, and
 tracing every chunk would cost seconds per candidate. While the planner traces (a
@@ -38,15 +45,14 @@ import torch
 from torch import Tensor, nn
 
 from lofi.models.encoder_checkpointing import run_segment
-from lofi.models.encoders import VideoEncoder, build_encoder
-from lofi.models.heads import build_head
+from lofi.models.encoders import VideoEncoder
+from lofi.models.lofi_model import PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
-from lofi.train.model import LoFiModel
 from planner.trace import active_recorder
-from planner.workload import ModelSpec, StepSpec, sgd_or_adam
+from planner.workload import ModelSpec, StepSpec
 
-WORKLOAD_NAME = "lofi-tal/1"  # bump when the inputs or the step change (trace cache key)
+WORKLOAD_NAME = "lofi-tal/2"  # bump when the inputs or the step change (trace cache key)
 REAL_CHUNKS = 3  # chunks traced for real; the others are synthesized from the middle one
 
 
@@ -62,7 +68,7 @@ class LofiBatch:
 def _source_key() -> str:
     """WORKLOAD_NAME + a hash of the sources that define the traced step."""
     here = Path(__file__).resolve()
-    files = sorted((here.parent / "models").glob("*.py")) + [here.parent / "train" / "model.py", here]
+    files = sorted((here.parent / "models").glob("*.py")) + [here]
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
@@ -77,27 +83,27 @@ class LofiWorkload:
     key: str = field(default_factory=_source_key)
 
     def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
-        encoder = build_encoder(spec.backbone, device=device)
-        head = build_head(spec.head, in_channels=encoder.out_channels, temporal_dim=spec.fidelity.tr, device=device)
-        encoder.set_grad_checkpointing(spec.checkpointing)
-        if encoder._chunk is not None:
-            encoder.chunk_runner = _ChunkTraceRunner(encoder)
-        return LoFiModel(encoder, head).train()
+        dims = [f.tr for f in spec.cycle] or [spec.fidelity.tr]
+        model = build_lofi_model(spec.backbone, spec.head, dims, freeze_bn=spec.batchnorm == "frozen",
+                                 checkpointing=spec.checkpointing, device=device)
+        if model.encoder._chunk is not None:
+            model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)
+        return model
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
-        return sgd_or_adam(model, step)
+        name, momentum = PLAN_OPTIMIZERS[step.optimizer]
+        return build_optimizer(model.parameters(), name, lr=0.1, momentum=momentum, foreach=step.target == "cuda")
 
     def make_batch(self, step: StepSpec, batch_size: int, device: torch.device) -> LofiBatch:
         f = step.model.fidelity
         t = f.tr
         clips = torch.empty(batch_size, t, f.frames_per_snippet, 3, f.sr, f.sr, dtype=torch.uint8, device=device)
-        mask = torch.from_numpy(valid_anchor_mask(t)).to(device)  # (T, T)
         return LofiBatch(
             clips=clips,
             start=torch.empty(batch_size, t, device=device),
             end=torch.empty(batch_size, t, device=device),
             iou_map=torch.empty(batch_size, t, t, device=device),
-            mask=mask,
+            mask=torch.from_numpy(valid_anchor_mask(t)).to(device),  # (T, T)
         )
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:

@@ -9,6 +9,7 @@ from planner.fidelity import Fidelity
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
+BATCHNORM = ("frozen", "trained")  # normalisation statistics kept fixed, or trained with the batch
 
 
 def parse_checkpointing(policy: str) -> tuple[str, int | None]:
@@ -37,6 +38,8 @@ class Candidate:
     precision: str = "fp32"
     checkpointing: str = "none"
     optimizer: str = "sgd"
+    expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    batchnorm: str = "frozen"  # BATCHNORM
 
     def __post_init__(self) -> None:
         if (self.fidelity is None) == (self.cycle is None):
@@ -50,12 +53,19 @@ class Candidate:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.batchnorm not in BATCHNORM:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {self.batchnorm!r}")
         parse_checkpointing(self.checkpointing)
 
     @property
     def fidelities(self) -> tuple[Fidelity, ...]:
         """The fidelities this candidate trains at (one, or the members of its cycle)."""
         return self.cycle if self.cycle is not None else (self.fidelity,)  # type: ignore[return-value]
+
+    @property
+    def alloc_conf(self) -> str | None:
+        """The PYTORCH_CUDA_ALLOC_CONF this candidate trains with (None: PyTorch's default)."""
+        return "expandable_segments:True" if self.expandable_segments else None
 
     @property
     def world_size(self) -> int:

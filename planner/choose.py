@@ -1,9 +1,12 @@
 """Fit, rank and choose (planner issue, "Choice").
 
-- Fits: total bytes per rank <= the GPU's memory x (1 - margin); margin default 10 %.
-- Best: highest quality first (planner.quality), then the fastest estimated time per
-  video; ties go to the larger batch, less recomputation, half precision, fewer
-  accumulation steps.
+- Fits: total bytes per rank (the needed capacity of the caching allocator plus what
+  lives outside it) <= the GPU's memory x (1 - margin); margin default 10 %.
+- Best: highest quality first (planner.quality), then candidates whose steady-state step
+  runs without releasing the allocator's cache before those that must release it every
+  step (cudaFree synchronizes: slower), then the fastest estimated time per video; ties
+  go to the larger batch, less recomputation, half precision, fewer accumulation steps,
+  the default allocator before expandable segments.
 - Every candidate that is not chosen carries the reason: does not fit, slower, or lower
   fidelity. Nothing fits: NothingFits (exit code 3) with the smallest requirement and
   the levers that would help.
@@ -71,6 +74,11 @@ def usable_bytes(profile: GpuProfile, margin: float = DEFAULT_MARGIN) -> int:
     return math.floor(profile.memory_bytes * (1.0 - margin))
 
 
+def releasing(estimate: CandidateEstimate) -> bool:
+    """The steady-state step releases the allocator's cache at the capacity it needs."""
+    return estimate.memory.cache_releases_per_step > 0
+
+
 def seconds_per_video(estimate: CandidateEstimate) -> float | None:
     """Wall time per training video: one optimizer step processes the global batch."""
     if estimate.time is None:
@@ -100,7 +108,8 @@ def rank_candidates(
                 and e.time.seconds_per_epoch > max_seconds_per_epoch)
 
     fit = {id(e): e.memory.total <= usable and e.candidate not in oom and not too_slow(e) for e in estimates}
-    fitting = sorted((e for e in estimates if fit[id(e)]), key=lambda e: (quality[id(e)].tier, _speed_key(e)))
+    fitting = sorted((e for e in estimates if fit[id(e)]),
+                     key=lambda e: (quality[id(e)].tier, releasing(e), _speed_key(e)))
     failing = sorted((e for e in estimates if not fit[id(e)]), key=lambda e: (quality[id(e)].tier, e.memory.total))
     winner = fitting[0] if fitting else None
     ranked = []
@@ -115,6 +124,9 @@ def rank_candidates(
         elif not fits:
             reason = (f"too slow: {hours(estimate.time.seconds_per_epoch)} per epoch, "  # type: ignore[union-attr]
                       f"over the budget of {hours(max_seconds_per_epoch)}")  # type: ignore[arg-type]
+        elif quality[id(estimate)].tier == quality[id(winner)].tier and releasing(estimate) and not releasing(winner):
+            reason = (f"slower: releases the allocator's cache {estimate.memory.cache_releases_per_step} time(s) every "
+                      f"step at the {gib(estimate.memory.needed_capacity)} GiB it needs")
         elif quality[id(estimate)].tier == quality[id(winner)].tier:
             reason = _slower(estimate, winner)
         else:
@@ -177,7 +189,9 @@ def describe(candidate: Candidate) -> str:
     else:
         fidelity = candidate.fidelity.label()  # type: ignore[union-attr]
     batch = f"batch {candidate.batch_per_gpu}" + (f"x{candidate.accumulation}" if candidate.accumulation > 1 else "")
-    return f"{fidelity} {candidate.backbone}, {batch}, {candidate.precision}, checkpointing {candidate.checkpointing}"
+    text = (f"{fidelity} {candidate.backbone}, {batch}, {candidate.precision}, checkpointing {candidate.checkpointing}, "
+            f"{candidate.optimizer}, BN {candidate.batchnorm}")
+    return text + ", expandable segments" if candidate.expandable_segments else text
 
 
 def gib(value: int | float) -> str:
@@ -200,6 +214,7 @@ def _speed_key(estimate: CandidateEstimate) -> tuple:
         _CHECKPOINT_ORDER[parse_checkpointing(candidate.checkpointing)[0]],
         _PRECISION_ORDER[candidate.precision],
         candidate.accumulation,
+        candidate.expandable_segments,
         describe(candidate),
     )
 
@@ -223,6 +238,9 @@ def _why(chosen: RankedCandidate, ranked: Sequence[RankedCandidate], usable: int
     peers = sum(1 for r in ranked if r.fits and r.quality.tier == chosen.quality.tier)
     text = f"highest quality that fits ({chosen.quality.summary()})"
     text += f", fastest of {peers} fitting candidates of that quality" if peers > 1 else ""
+    if releasing(chosen.estimate):
+        text += (f"; its step releases the allocator's cache {chosen.estimate.memory.cache_releases_per_step} "
+                 "time(s) per step at the memory it needs (slower), as does every other fitting one of its quality")
     better = [r for r in ranked if r.quality.tier < chosen.quality.tier]
     if better:
         closest = min(better, key=lambda r: r.total_bytes)

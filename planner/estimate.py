@@ -8,10 +8,14 @@ For each fidelity a candidate trains at (one, or a C-LoFi cycle's three):
      and, for chunked checkpointing, with the skipped chunks filled in (`expand_periods`);
   2. the steady state: two optimizer steps of up to two micro-batches, so optimizer state
      exists and accumulated gradients persist (`synthesis.steady_state`);
-  3. replayed through the CUDA caching-allocator model (`planner.allocator`; plain on the
-     cpu profile): allocated and reserved peaks, bytes by category at the allocated peak;
-  4. plus CUDA context, cuBLAS/cuDNN workspaces, DDP buckets and NCCL buffers
-     (`planner.overheads`), and time from the traced FLOPs (`planner.timing`).
+  3. with the cuBLAS/cuDNN workspaces the caching allocator hands out
+     (`synthesis.with_workspaces`), replayed through the CUDA caching-allocator model
+     (`planner.allocator`; plain on the cpu profile): the allocated peak and bytes by
+     category there, the reserved peak on a GPU with room to spare, and the needed
+     capacity, bisected with the allocator's release-and-retry path
+     (`allocator.needed_capacity`), with the cache releases per step it costs there;
+  4. plus CUDA context, DDP buckets and NCCL buffers (`planner.overheads`), and time
+     from the traced FLOPs (`planner.timing`).
 A cycle's memory is its largest member's; its time is the members' mean.
 Per-rank memory does not depend on the number of GPUs except through accumulation and
 the DDP/NCCL terms, and not on the GPU except through the constants, so traces serve
@@ -31,17 +35,19 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.allocator import ReplayResult, replay
+from planner.allocator import ReplayResult, needed_capacity, replay
 from planner.candidate import Candidate
+from planner.choose import DEFAULT_MARGIN, usable_bytes
 from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.hardware import GpuProfile
-from planner.overheads import Overheads, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspace_bytes
-from planner.synthesis import StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats
+from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
+from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
+                               with_state, with_workspaces)
 from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, time_estimate
-from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, Trace
+from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 from planner.tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
-from planner.workload import StepSpec, Workload, step_specs
+from planner.workload import ModelSpec, StepSpec, Workload, step_specs
 
 REPEAT_CAP = 2  # more repeated periods than this: replay at 1 and 2 and extrapolate
 TRACE_BATCHES = (2, 3)  # traced batch sizes; others are extrapolated (batch 1 too: no batch-1 special cases)
@@ -72,8 +78,10 @@ def estimate_grid(
     progress: Progress | None = None,
     workers: int | None = None,
     overheads: Overheads | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> list[CandidateEstimate]:
     """Estimates in the order of `candidates`. `cache=None`: the on-disk default cache.
+    `margin`: the fit margin the plan will use (where the needed capacity must be exact).
     `workers`: processes that trace and replay, one model spec at a time (None:
     $LOFI_PLAN_WORKERS, else up to 2; an in-memory cache is used in-process only)."""
     overheads = overheads or load_overheads()
@@ -84,21 +92,25 @@ def estimate_grid(
     groups: dict[object, set[Request]] = defaultdict(set)
     for c, steps in members.items():
         for s in steps:
-            groups[s.model].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.world_size))
+            groups[s.model.traced].add(Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments,
+                                               c.world_size))
     total = sum(len(g) for g in groups.values()) + len(candidates)
     report = progress or (lambda done, all_: None)
     report(0, total)
-    jobs = [sorted(g, key=lambda r: (r.step.precision, r.step.optimizer, r.batch, r.accumulation, r.world_size))
+    jobs = [sorted(g, key=lambda r: (r.step.precision, r.step.optimizer, r.batch, r.accumulation, r.expandable))
             for g in sorted(groups.values(), key=_cost, reverse=True)]
     results: dict[Request, Replayed] = {}
-    untraced = sum(not cache.has(trace_key(workload.key, r.step, b)) for g in jobs for r in g for b in TRACE_BATCHES)
-    count = _workers(workers, len(jobs)) if cache.root is not None and untraced else 1
-    for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count):
+    # Worker processes trace and replay; with every trace cached the replays (a bisection
+    # each) still pay for them on a large grid.
+    count = _workers(workers, len(jobs)) if cache.root is not None else 1
+    usable = usable_bytes(profile, margin)
+    for done in _run_groups(jobs, workload, cache, profile, overheads, kind, count, usable):
         results.update(done)
         report(len(results), total)
     estimates = []
     for n, c in enumerate(candidates, start=1):
-        member = [_member(results[Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.world_size)], c, profile,
+        member = [_member(results[Request(s, c.batch_per_gpu, min(c.accumulation, 2), c.expandable_segments,
+                                          c.world_size)], c, profile,
                           overheads, videos_per_epoch) for s in members[c]]
         memory = max((m for m, _ in member), key=lambda m: m.total)
         timing = member[0][1] if len(member) == 1 else mean_time([t for _, t in member])
@@ -109,30 +121,44 @@ def estimate_grid(
 
 @dataclass(frozen=True)
 class Request:
-    """One allocator replay: a step at a batch size, with or without accumulated
-    gradients, on `world_size` ranks (DDP/NCCL memory changes the allocator's capacity)."""
+    """The allocator over a step at a batch size, with or without accumulated gradients,
+    with or without expandable segments."""
 
     step: StepSpec
     batch: int
     accumulation: int  # 1, or 2 standing for any number >= 2
-    world_size: int
+    expandable: bool = False
+    world_size: int = 1  # where the verdict falls (DDP and NCCL memory) decides how exactly to bisect
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """The allocator's view of a steady-state step."""
+
+    free: ReplayResult  # unlimited replay: allocated peak, categories, unconstrained reserved peak
+    needed: int  # the smallest capacity without an OOM
+    releases_per_step: int  # cache releases in the last step at that capacity
 
 
 @dataclass(frozen=True)
 class Replayed:
-    result: ReplayResult
+    memory: StepMemory
     flops: float  # per micro-batch
     grad_bytes: tuple[int, ...]
 
 
 def _member(done: Replayed, candidate, profile, overheads, videos) -> tuple[MemoryEstimate, TimeEstimate | None]:
-    by = done.result.peak_by_category
+    step = done.memory
+    by = step.free.peak_by_category
     memory = MemoryEstimate(
         parameters=by[PARAMETER],
         gradients=by[GRADIENT],
         optimizer_state=by[OPTIMIZER_STATE],
         activations=by[ACTIVATION] + by[INPUT] + by[STUB],
-        allocator_slack=done.result.reserved_peak - done.result.allocated_peak,
+        workspace=by[WORKSPACE],
+        allocator_slack=step.needed - step.free.allocated_peak,
+        reserved_slack=step.free.reserved_peak - step.free.allocated_peak,
+        cache_releases_per_step=step.releases_per_step,
         source="estimated",
         calibration=overheads.label,
         **_outside(profile, overheads, done.grad_bytes, candidate.world_size),
@@ -143,37 +169,39 @@ def _member(done: Replayed, candidate, profile, overheads, videos) -> tuple[Memo
 def _outside(profile, overheads, grad_bytes, world_size) -> dict[str, int | None]:
     """Device memory outside PyTorch's caching allocator."""
     return {
-        "workspace": workspace_bytes(profile, overheads),
         "context": context_bytes(profile, overheads),
         "ddp": ddp_bytes(grad_bytes, world_size, overheads),
         "nccl": nccl_bytes(world_size, overheads),
     }
 
 
-def estimate_group(requests, store, profile, overheads, kind) -> dict[Request, Replayed]:
-    """Replays of one model spec's requests (traces from `store`: cache, else traced)."""
+def estimate_group(requests, store, profile, overheads, kind, usable: int) -> dict[Request, Replayed]:
+    """Replays of one model spec's requests (traces from `store`: cache, else traced).
+    The needed capacity is bisected to 32 MiB where it decides the fit, between what the
+    allocator may hold of the `usable` bytes (all but the context and DDP/NCCL) and
+    that plus DDP/NCCL; elsewhere to 1 % (`allocator.needed_capacity`)."""
     out = {}
+    spaces = workspaces(profile, overheads)
     for r in requests:
         trace = store.at_batch(r.step, r.batch)
-        outside = _outside(profile, overheads, trace.grad_bytes, r.world_size)
-        # What the caching allocator may hold on this device before cudaMalloc fails.
-        capacity = max(profile.memory_bytes - sum(v or 0 for v in outside.values()), 0)
-        result = store.replayed(r.step, r.batch, r.accumulation, kind, capacity)
-        out[r] = Replayed(result, expanded_flops(trace), trace.grad_bytes)
+        outside = sum(v or 0 for v in _outside(profile, overheads, trace.grad_bytes, r.world_size).values())
+        verdict = (usable - outside, usable - context_bytes(profile, overheads))
+        memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable, verdict)
+        out[r] = Replayed(memory, expanded_flops(trace), trace.grad_bytes)
     return out
 
 
-def _run_groups(jobs, workload, cache, profile, overheads, kind, workers):
+def _run_groups(jobs, workload, cache, profile, overheads, kind, workers, usable):
     if workers <= 1:
         store = TraceStore(workload, cache)
         for job in jobs:
-            yield estimate_group(job, store, profile, overheads, kind)
+            yield estimate_group(job, store, profile, overheads, kind, usable)
         return
     context = multiprocessing.get_context("spawn")
     finished: set[int] = set()
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind): n
+            futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind, usable): n
                        for n, job in enumerate(jobs)}
             for future in as_completed(futures):
                 result = future.result()
@@ -183,11 +211,11 @@ def _run_groups(jobs, workload, cache, profile, overheads, kind, workers):
         store = TraceStore(workload, cache)
         for n, job in enumerate(jobs):
             if n not in finished:
-                yield estimate_group(job, store, profile, overheads, kind)
+                yield estimate_group(job, store, profile, overheads, kind, usable)
 
 
-def _group_in_worker(job, workload, root, profile, overheads, kind):
-    return estimate_group(job, TraceStore(workload, TraceCache(root)), profile, overheads, kind)
+def _group_in_worker(job, workload, root, profile, overheads, kind, usable):
+    return estimate_group(job, TraceStore(workload, TraceCache(root)), profile, overheads, kind, usable)
 
 
 def _cost(group: set[Request]) -> float:
@@ -204,13 +232,15 @@ class TraceStore:
         self.workload = workload
         self.cache = cache
         self._tracer: Tracer | None = None
-        self._replays: dict[tuple, ReplayResult] = {}
+        self._replays: dict[tuple, StepMemory] = {}
+        self._extra: dict[ModelSpec, tuple[int, ...]] = {}
         self._at_batch: dict[tuple[StepSpec, int], Trace] = {}
 
     def cached(self, step: StepSpec, batch: int) -> Trace | None:
         return self.cache.get(trace_key(self.workload.key, step, batch))
 
     def trace(self, step: StepSpec, batch: int) -> Trace:
+        step = step.traced()
         found = self.cached(step, batch)
         if found is None:
             if self._tracer is None:
@@ -228,59 +258,98 @@ class TraceStore:
                 trace = extrapolate(first, second, batch)
             except StructureMismatch:
                 trace = self.trace(step, batch)
+            trace = with_state(trace, self.extra_state(step.model))
             self._at_batch = {key: trace}  # keep one: traces are large
         return self._at_batch[key]
 
-    def replayed(self, step: StepSpec, batch: int, accumulation: int, kind: str, capacity: int | None) -> ReplayResult:
-        """The allocator over the steady state at `batch` on a device where it may hold
-        `capacity` bytes. An unlimited replay that stays under the capacity is the answer
-        (the capacity only matters once a segment would not fit), so targets and GPU
-        counts share replays. Where even releasing the cache cannot make room, the
-        unlimited replay is reported: what the step would need."""
-        key = (step, batch, min(accumulation, 2), kind)
+    def extra_state(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Bytes of each parameter or buffer the model of `spec` holds beyond the traced
+        model (`ModelSpec.traced`): a cycle's state for its other members."""
+        if not spec.cycle:
+            return ()
+        if spec not in self._extra:
+            def sizes(model_spec: ModelSpec) -> dict[str, int]:
+                model = self.workload.build_model(model_spec, torch.device("meta"))
+                named = [*model.named_parameters(), *model.named_buffers()]
+                return {name: t.untyped_storage().nbytes() for name, t in named}
+
+            full, traced = sizes(spec), sizes(spec.traced)
+            self._extra[spec] = tuple(n for name, n in full.items() if traced.get(name) != n)
+        return self._extra[spec]
+
+    def step_memory(self, step: StepSpec, batch: int, accumulation: int, kind: str, spaces: Workspaces,
+                    expandable: bool = False, verdict: tuple[int, int] | None = None) -> StepMemory:
+        """The unlimited replay of the steady state at `batch` and its needed capacity
+        (memoized: GPU counts with the same workspaces share them)."""
+        key = (step, batch, min(accumulation, 2), kind, spaces, expandable, verdict)
         if key not in self._replays:
-            self._replays[key] = replay_steady(self.at_batch(step, batch), accumulation, kind, None)
-        free = self._replays[key]
-        if capacity is None or free.reserved_peak <= capacity or free.allocated_peak > capacity:
-            return free  # fits as is, or cannot fit whatever the allocator releases
-        squeezed = replay_steady(self.at_batch(step, batch), accumulation, kind, capacity)
-        return free if squeezed.oom else squeezed
+            self._replays[key] = step_memory(self.at_batch(step, batch), accumulation, kind, spaces, expandable,
+                                             verdict)
+        return self._replays[key]
 
 
-def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | None) -> ReplayResult:
-    """The allocator over the steady state of `trace`. Hundreds of repeated periods (a
-    chunked encoder at batch 16) would make a stream of millions of events, but a period
-    leaves next to nothing behind: the allocated peak (and each category) is affine in
-    the number of periods and the cached slack constant, so replay with 1 and 2 periods
-    and extrapolate (tests/test_plan_workload.py: within 1% of the full replay); where
-    that meets the capacity, where the allocator starts releasing its cache, replay all."""
+def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | None,
+                  spaces: Workspaces = Workspaces((), 0), expandable: bool = False, *, probe: bool = False
+                  ) -> ReplayResult:
+    """The allocator over the steady state of `trace` with its workspaces, at `capacity`
+    (None: unlimited); retries in the last step count as `retries_late`. `probe`: stop
+    at the first out-of-memory (a bisection step)."""
+    events = steady_events(trace, accumulation, spaces)
+    return replay(events.ops, events.ids, events.sizes, events.categories, kind=kind, capacity=capacity,
+                  small_pool="packed", expandable=expandable, count_from=events.last_step, stop_on_oom=probe)
 
-    def run(t: Trace) -> ReplayResult:
-        events = steady_state(expand_periods(t), accumulation)
-        return replay(events.ops, events.ids, events.sizes, events.categories, kind=kind, capacity=capacity,
-                      small_pool="packed")
+
+def steady_events(trace: Trace, accumulation: int, spaces: Workspaces):
+    return with_workspaces(steady_state(expand_periods(trace), accumulation), spaces.cublas, spaces.cudnn)
+
+
+def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False,
+                verdict: tuple[int, int] | None = None) -> StepMemory:
+    """Unlimited replay and needed capacity of the steady state of `trace`; `verdict`:
+    the allocator capacities between which the fit is decided (outside them the needed
+    capacity is bisected to within 1 % of the allocated peak, `allocator.needed_capacity`).
+
+    Hundreds of repeated periods (a chunked encoder at batch 16) would make a stream of
+    millions of events, but a period leaves next to nothing behind: the allocated peak
+    (and each category) is affine in the number of periods while the allocator's slack
+    (reserved or needed, minus allocated) stays the same, so replay with 1 and 2 periods
+    and extrapolate (tests/test_plan_workload.py: within 1% of the full replay)."""
+
+    def bisect(t: Trace) -> tuple[int, ReplayResult, ReplayResult]:
+        events = steady_events(t, accumulation, spaces)
+        arrays = (events.ops, events.ids, events.sizes, events.categories)
+        if kind == "plain":
+            free = replay(*arrays, kind=kind)
+            return free.allocated_peak, free, free
+
+        def run(capacity: int | None) -> ReplayResult:
+            return replay(*arrays, kind=kind, capacity=capacity, small_pool="packed", expandable=expandable,
+                          count_from=events.last_step, stop_on_oom=capacity is not None)
+
+        return needed_capacity(run, verdict=verdict)
 
     repeats = trace.repeats
     if repeats <= REPEAT_CAP:
-        return run(trace)
+        needed, at_needed, free = bisect(trace)
+        return StepMemory(free, needed, at_needed.retries_late)
     low, high = REPEAT_CAP - 1, REPEAT_CAP
-    a, b = run(with_repeats(trace, low)), run(with_repeats(trace, high))
+    a = replay_steady(with_repeats(trace, low), accumulation, kind, None, spaces, expandable)
+    verdict = None  # the two-period stream is smaller than the step: bisect it to 32 MiB
+    needed_b, at_needed, b = bisect(with_repeats(trace, high))
     t = (repeats - low) / (high - low)
 
     def affine(x: int, y: int) -> int:
         return round(x + (y - x) * t)
 
     allocated = affine(a.allocated_peak, b.allocated_peak)
-    reserved = max(allocated, b.reserved_peak + allocated - b.allocated_peak)
-    if b.released or b.oom or (capacity is not None and reserved > capacity):
-        return run(trace)
-    return ReplayResult(
+    free = ReplayResult(
         allocated_peak=allocated,
-        reserved_peak=reserved,
+        reserved_peak=max(allocated, b.reserved_peak + allocated - b.allocated_peak),
         peak_by_category=tuple(affine(x, y) for x, y in zip(a.peak_by_category, b.peak_by_category)),
         peak_event=-1,
         segments=b.segments,
     )
+    return StepMemory(free, max(allocated, needed_b + allocated - b.allocated_peak), at_needed.retries_late)
 
 
 def _workers(requested: int | None, groups: int) -> int:

@@ -43,6 +43,8 @@ class GridSpec:
     gpus: int = 1  # per node
     nodes: int = 1
     optimizer: str = "sgd"
+    expandable_segments: tuple[bool, ...] = (False,)  # allocator settings to try (True: expandable segments)
+    batchnorm: str = "frozen"  # planner.candidate.BATCHNORM: what the trainer will do with BatchNorm
 
 
 def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -92,12 +94,15 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
             precision=precision,
             checkpointing=policy,
             optimizer=spec.optimizer,
+            expandable_segments=expandable,
+            batchnorm=spec.batchnorm,
         )
         for fidelity, cycle in trainings
         for backbone in dict.fromkeys(spec.backbones)
         for batch, accumulation in usable.items()
         for precision in precisions
         for policy in dict.fromkeys(spec.checkpointing)
+        for expandable in dict.fromkeys(spec.expandable_segments)
     ]
     if not candidates:
         raise PlannerError("the candidate grid is empty: give at least one fidelity, backbone and checkpointing policy")

@@ -3,9 +3,12 @@ estimate: each a value with its source, from profiles/overheads.json (later refi
 measurements on a real GPU, the calibration issue).
 
     context  CUDA context and lazily loaded kernels (per process)
-    workspace  cuBLAS workspaces (per handle) + cuDNN convolution workspace
     ddp      DistributedDataParallel's gradient buckets (world size > 1)
     nccl     NCCL communicator buffers (world size > 1)
+
+and the sizes of the workspaces PyTorch takes from its caching allocator (cuBLAS per
+handle and stream, the cuDNN convolution workspace), which the replay allocates
+(`workspaces`, `planner.synthesis.with_workspaces`).
 """
 
 from __future__ import annotations
@@ -110,15 +113,41 @@ def context_bytes(profile: GpuProfile, overheads: Overheads) -> int:
     return 0 if profile.kind == "cpu" else int(overheads.cuda_context_bytes.value)
 
 
-def workspace_bytes(profile: GpuProfile, overheads: Overheads) -> int:
-    """cuBLAS workspaces (one per handle: forward thread and autograd's device thread;
-    32 MiB each from sm90 on) plus one cuDNN convolution workspace."""
-    if profile.workspace_bytes is not None:
-        return profile.workspace_bytes
+# Compute-capability majors whose default cuBLAS workspace is 4096 KiB x 8 = 32 MiB:
+# Hopper and Blackwell (CublasHandlePool.cpp parseChosenWorkspaceSize, PyTorch 2.6 and
+# later: `major == 9 || major == 10 || major == 12`; earlier 2.x: exactly sm 9.0, the
+# same for the GPUs profiled here). Ada (8.9) and everything else: :4096:2:16:8.
+CUBLAS_32MIB_MAJORS = (9, 10, 12)
+
+
+@dataclass(frozen=True)
+class Workspaces:
+    """Workspaces the caching allocator hands out on a target."""
+
+    cublas: tuple[int, ...]  # one block per cuBLAS (handle, stream), kept for the process's life
+    cudnn: int  # one block per convolution call, freed when it returns
+
+
+def workspaces(profile: GpuProfile, overheads: Overheads) -> Workspaces:
+    """cuBLAS: one workspace per (handle, stream); handles are per thread, so the
+    training thread (forward) and autograd's device thread (backward) each get one.
+    cuBLASLt shares the cuBLAS workspace of its handle and stream by default
+    (TORCH_CUBLASLT_UNIFIED_WORKSPACE unset), so it adds none. A profile's
+    `workspace_bytes` replaces both by one block of that size."""
     if profile.kind == "cpu":
-        return 0
-    per_handle = overheads.cublas_workspace_bytes_sm90 if profile.capability >= (9, 0) else overheads.cublas_workspace_bytes
-    return int(per_handle.value * overheads.cublas_handles.value + overheads.cudnn_workspace_bytes.value)
+        return Workspaces((), 0)
+    if profile.workspace_bytes is not None:
+        return Workspaces((profile.workspace_bytes,) if profile.workspace_bytes else (), 0)
+    large = profile.capability[0] in CUBLAS_32MIB_MAJORS
+    per_handle = overheads.cublas_workspace_bytes_sm90 if large else overheads.cublas_workspace_bytes
+    handles = int(overheads.cublas_handles.value)
+    return Workspaces((int(per_handle.value),) * handles, int(overheads.cudnn_workspace_bytes.value))
+
+
+def workspace_bytes(profile: GpuProfile, overheads: Overheads) -> int:
+    """All workspaces at once: the cuBLAS ones plus one cuDNN convolution workspace."""
+    found = workspaces(profile, overheads)
+    return sum(found.cublas) + found.cudnn
 
 
 def ddp_bytes(grad_bytes: tuple[int, ...], world_size: int, overheads: Overheads) -> int | None:

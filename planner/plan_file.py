@@ -26,7 +26,7 @@ from planner.strict_json import kind as _kind
 from planner.strict_json import read_json_file
 
 SCHEMA = "lofi.plan"
-VERSION = 1
+VERSION = 2  # 2: needed capacity, unconstrained reserved peak, cache releases, expandable segments
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ class Measurement:
     step_seconds: float | None = None
     device: str | None = None
     error: str | None = None
+    needed_bytes: int | None = None  # smallest capacity without OOM (set_per_process_memory_fraction bisection)
+    alloc_retries: int | None = None  # torch.cuda.memory_stats()["num_alloc_retries"] over the run
+    context_bytes: int | None = None  # NVML used after CUDA init minus before
+
+
+MEASUREMENT_EXTRAS = ("needed_bytes", "alloc_retries", "context_bytes")  # optional in a result line
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ def candidate_to_dict(candidate: Candidate) -> dict[str, Any]:
         "precision": candidate.precision,
         "checkpointing": candidate.checkpointing,
         "optimizer": candidate.optimizer,
+        "expandable_segments": candidate.expandable_segments,
+        "batchnorm": candidate.batchnorm,
     }
 
 
@@ -336,6 +344,8 @@ def _candidate(node: _Node) -> Candidate:
             precision=node.str("precision"),
             checkpointing=node.str("checkpointing"),
             optimizer=node.str("optimizer"),
+            expandable_segments=node.bool("expandable_segments"),
+            batchnorm=node.str("batchnorm"),
         )
     except ValueError as error:
         raise node.fail(None, str(error)) from error
@@ -352,11 +362,14 @@ def _estimate(node: _Node) -> tuple[MemoryEstimate, TimeEstimate | None]:
         nccl=mem.int("nccl", optional=True),
         source=mem.str("source"),
         calibration=mem.str("calibration", optional=True),
+        reserved_slack=mem.int("reserved_slack", optional=True),
+        cache_releases_per_step=mem.int("cache_releases_per_step"),
     )
     if memory.source not in ("estimated", "measured"):
         raise mem.fail("source", f"expected 'estimated' or 'measured', got {memory.source!r}")
-    if mem.int("total") != memory.total:
-        raise mem.fail("total", f"{mem.get('total')} differs from the sum of its categories ({memory.total})")
+    for derived in ("allocated_peak", "needed_capacity", "reserved_peak", "total"):
+        if mem.int(derived) != getattr(memory, derived):
+            raise mem.fail(derived, f"{mem.get(derived)} differs from the sum of its categories ({getattr(memory, derived)})")
     mem.done()
     if total != memory.total:
         raise node.fail("total_bytes", f"{total} differs from memory.total ({memory.total})")
@@ -405,6 +418,7 @@ def _measurement(node: _Node) -> Measurement:
         step_seconds=node.float("step_seconds", optional=True),
         device=node.str("device", optional=True),
         error=node.str("error", optional=True),
+        **{k: node.int(k, optional=True) for k in MEASUREMENT_EXTRAS if isinstance(node.value, dict) and k in node.value},
     )
     node.done()
     return measurement

@@ -38,8 +38,8 @@ def estimate_and_rank(
 ) -> tuple[list[CandidateEstimate], Ranking]:
     """Estimate the grid of `request` on its target and rank the candidates."""
     candidates = build_grid(request.spec, request.profile)
-    estimates = estimate_grid(candidates, workload, request.profile,
-                              videos_per_epoch=request.videos_per_epoch, progress=progress)
+    estimates = estimate_grid(candidates, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
+                              progress=progress, margin=request.margin)
     ranking = rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
                               oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
     return estimates, ranking

@@ -24,12 +24,12 @@ tests/test_trace.py checks both against directly traced multi-step runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from planner.allocator import ALLOC, FREE
-from planner.trace import ACTIVATION, GRADIENT, OPTIMIZER_STATE, STUB, Trace
+from planner.trace import ACTIVATION, GRADIENT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 
 
 class StructureMismatch(ValueError):
@@ -42,6 +42,7 @@ class Events:
     ids: np.ndarray
     sizes: np.ndarray
     categories: np.ndarray
+    last_step: int = 0  # index of the first event of the last optimizer step (steady_state)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -78,7 +79,9 @@ def steady_state(trace: Trace, accumulation: int = 1) -> Events:
     parts = [_slice(trace, 0, data)]
     copy = 0
     previous_micro: int | None = None
+    last_step = 0
     for step in (1, 2):
+        last_step = sum(len(p) for p in parts)
         fresh: int | None = None
         for m in range(min(accumulation, 2)):
             copy += 1
@@ -97,7 +100,46 @@ def steady_state(trace: Trace, accumulation: int = 1) -> Events:
         copy += 1
         parts.append(_optimizer_copy(optimizer, copy, n_blocks, setup_blocks, in_micro, is_grad,
                                      fresh, previous_micro, drop_state=step == 2))
-    return _concat(parts)
+    return replace(_concat(parts), last_step=last_step)
+
+
+def with_state(trace: Trace, sizes: tuple[int, ...]) -> Trace:
+    """`trace` with blocks of `sizes` bytes allocated first and kept (parameters or
+    buffers the traced model did not have); existing block ids move up by len(sizes),
+    so setup blocks keep the lowest ids (`steady_state` relies on it)."""
+    if not sizes:
+        return trace
+    k = len(sizes)
+    return replace(
+        trace,
+        ops=np.concatenate([np.full(k, ALLOC, np.int8), trace.ops]),
+        ids=np.concatenate([np.arange(k, dtype=np.int64), trace.ids + k]),
+        sizes=np.concatenate([np.asarray(sizes, dtype=np.int64), trace.sizes]),
+        categories=np.concatenate([np.full(k, PARAMETER, np.int8), trace.categories]),
+        marks=tuple((label, index + k) for label, index in trace.marks),
+        carry=tuple(b + k for b in trace.carry),
+    )
+
+
+def with_workspaces(events: Events, cublas: tuple[int, ...], cudnn: int) -> Events:
+    """`events` with the workspaces the caching allocator hands out: the traced cuDNN
+    workspace blocks (size 0 in a trace) get `cudnn` bytes (dropped where 0), and one
+    block per cuBLAS (handle, stream) in `cublas` is allocated first and never freed
+    (CublasHandlePool.cpp keeps them for the process's life)."""
+    is_ws = events.categories == WORKSPACE
+    if cudnn > 0:
+        sizes = np.where(is_ws & (events.ops == ALLOC), cudnn, events.sizes)
+        body = Events(events.ops, events.ids, sizes, events.categories, events.last_step)
+    else:
+        keep = ~is_ws
+        body = Events(events.ops[keep], events.ids[keep], events.sizes[keep], events.categories[keep],
+                      int(np.count_nonzero(keep[: events.last_step])))
+    if not cublas:
+        return body
+    first = int(events.ids.max()) + 1 if len(events) else 0
+    head = Events(np.full(len(cublas), ALLOC, np.int8), np.arange(first, first + len(cublas), dtype=np.int64),
+                  np.asarray(cublas, dtype=np.int64), np.full(len(cublas), WORKSPACE, np.int8))
+    return replace(_concat([head, body]), last_step=body.last_step + len(cublas))
 
 
 def _shift(events: Events, offset: int, setup_blocks: int) -> Events:

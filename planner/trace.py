@@ -12,8 +12,11 @@ backward), so recomputation under checkpointing is counted.
 Tensors live on the "meta" device by default (no memory, shape inference only); mode
 "fake" runs the same step under FakeTensorMode on fake CPU tensors (slower, used to
 cross-check). CUDA-specific behaviour is emulated: autocast (`planner.autocast_rules`),
-the foreach optimizers CUDA defaults to (`planner.workload.sgd_or_adam`). Kernel-internal
-scratch (cuDNN/cuBLAS workspaces) is not a tensor and is added by `planner.overheads`.
+the foreach optimizers CUDA defaults to (`planner.workload.sgd_or_adam`). Kernel scratch
+that PyTorch takes from the caching allocator is not a tensor: every convolution (forward
+and backward) records a cuDNN workspace block, allocated after its outputs and freed at
+its end, with size 0 here; `planner.estimate` gives it the workspace size of the target
+(and adds the cuBLAS workspaces, allocated once per handle and stream).
 
 One step is traced (`planner.tracer`): setup (parameters), data, forward (+loss),
 backward, optimizer (step, zero_grad). The steady state (optimizer state present, the
@@ -37,9 +40,9 @@ from planner.allocator import ALLOC, FREE
 from planner.errors import PlannerError
 from planner.meta_kernels import META_KERNELS
 
-PARAMETER, GRADIENT, OPTIMIZER_STATE, ACTIVATION, INPUT, STUB = range(6)
-CATEGORY_NAMES = ("parameter", "gradient", "optimizer_state", "activation", "input", "stub")
-TRACE_FORMAT = 2  # bump when the meaning of a trace changes (part of cache keys)
+PARAMETER, GRADIENT, OPTIMIZER_STATE, ACTIVATION, INPUT, STUB, WORKSPACE = range(7)
+CATEGORY_NAMES = ("parameter", "gradient", "optimizer_state", "activation", "input", "stub", "workspace")
+TRACE_FORMAT = 3  # bump when the meaning of a trace changes (part of cache keys)
 
 
 class TraceError(PlannerError):
@@ -152,7 +155,19 @@ class Recorder(TorchDispatchMode):
             if formula is not None:
                 self.flops[self._phase] += formula(*args, **kwargs, out_val=out)
         self._track(out)
+        if func._overloadpacket in _CONVOLUTIONS:
+            self._workspace()
         return out
+
+    def _workspace(self) -> None:
+        """A cuDNN convolution workspace: allocated after the outputs, freed at the end
+        of the kernel call; size 0 until the replay knows the target's."""
+        block = self._next
+        self._next += 1
+        self.categories[block] = WORKSPACE
+        self._ops += (ALLOC, FREE)
+        self._ids += (block, block)
+        self._sizes += (0, 0)
 
     def _accumulate(self, args: tuple) -> torch.Tensor | None:
         """Autograd's InputBuffer sums two gradients of one tensor in place when it holds
@@ -278,6 +293,7 @@ class Recorder(TorchDispatchMode):
 _FLOP_FORMULAS: dict[object, object] = {}  # op -> torch.utils.flop_counter formula or None
 _UNKNOWN = object()
 _ADD = torch.ops.aten.add.Tensor
+_CONVOLUTIONS = frozenset({torch.ops.aten.convolution, torch.ops.aten.convolution_backward})
 _ADD_INPLACE = torch.ops.aten.add_.Tensor
 
 

@@ -48,13 +48,14 @@ def default_root() -> Path:
 
 def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:
     """A stable description of what a trace depends on (hashed into the file name)."""
-    m = step.canonical().model
+    m = step.traced().model
     parts = {
         "workload": workload_key,
         "backbone": m.backbone,
         "head": m.head,
         "fidelity": [m.fidelity.tr, m.fidelity.sr, m.fidelity.frames_per_snippet],
         "checkpointing": m.checkpointing,
+        "batchnorm": m.batchnorm,
         "precision": step.traced_precision,
         "optimizer": step.optimizer,
         "target": step.target,

@@ -38,10 +38,22 @@ class ModelSpec:
     head: str
     fidelity: Fidelity
     checkpointing: str = "none"
+    batchnorm: str = "frozen"  # planner.candidate.BATCHNORM
+    cycle: tuple[Fidelity, ...] = ()  # every fidelity the same model trains at (a C-LoFi cycle), in order
+
+    @property
+    def traced(self) -> ModelSpec:
+        """The spec whose step is traced: without the cycle. A cycle member's model
+        differs from the single-fidelity one only by state it holds for the other
+        members (e.g. a head's sampling matrices), added to the trace as allocations at
+        setup (`planner.estimate.TraceStore.at_batch`)."""
+        return replace(self, cycle=())
 
     @property
     def label(self) -> str:
-        return f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}"
+        cycle = "+".join(f.label() for f in self.cycle)
+        return (f"{self.backbone}+{self.head}@{self.fidelity.label()}/{self.checkpointing}/bn-{self.batchnorm}"
+                + (f"/cycle {cycle}" if cycle else ""))
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,18 @@ class StepSpec:
     def canonical(self) -> StepSpec:
         return replace(self, precision=self.traced_precision)
 
+    def traced(self) -> StepSpec:
+        """The step that is traced for this one: canonical precision, no cycle."""
+        return replace(self, precision=self.traced_precision, model=self.model.traced)
+
 
 def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:
     """The step of each fidelity the candidate trains at (one, or a C-LoFi cycle's)."""
     parse_checkpointing(candidate.checkpointing)
     return tuple(
         StepSpec(
-            model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing),
+            model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing, candidate.batchnorm,
+                            candidate.cycle or ()),
             precision=candidate.precision,
             optimizer=candidate.optimizer,
             target=target,

@@ -13,6 +13,7 @@ from planner.allocator import (
     LARGE_BUFFER,
     SMALL_BUFFER,
     CachingAllocatorModel,
+    needed_capacity,
     replay,
     round_size,
     segment_size,
@@ -115,6 +116,97 @@ def test_capacity_releases_cached_segments_before_failing():
     tight = run(events, capacity=30 * MiB)
     assert tight.reserved_peak == 26 * MiB and tight.released == 20 * MiB and not tight.oom
     assert run(events, capacity=20 * MiB).oom
+
+
+def two_steps(step):
+    """The events of `step` twice (ids of the second copy shifted), and where the second starts."""
+    second = [(e[0], e[1] + 100, *e[2:]) for e in step]
+    return [*step, *second], len(step)
+
+
+def needed(events, last, tolerance=MiB, **kwargs):
+    return needed_capacity(lambda capacity: run(events, capacity=capacity, count_from=last, **kwargs),
+                           tolerance=tolerance)
+
+
+def test_needed_capacity_releases_the_cache_once():
+    """By hand: 20 MiB (segment 20), freed; 25 MiB (segment 26), freed; 40 MiB. Without
+    a limit the allocator keeps all three segments (86 MiB). At 40 MiB it releases the
+    cached ones before the 40 MiB segment; the second step then carves everything from
+    that segment: 40 MiB is enough and the steady step releases nothing."""
+    events, last = two_steps([("a", 0, 20 * MiB), ("f", 0), ("a", 1, 25 * MiB), ("f", 1), ("a", 2, 40 * MiB), ("f", 2)])
+    capacity, at, free = needed(events, last)
+    assert free.allocated_peak == 40 * MiB and free.reserved_peak == 86 * MiB and free.retries == 0
+    assert 40 * MiB <= capacity <= 41 * MiB
+    assert not at.oom and at.retries == 2 and at.retries_late == 0
+    assert run(events, capacity=39 * MiB).oom
+
+
+def test_needed_capacity_of_a_step_that_releases_every_time():
+    """By hand: 16 MiB and 20 MiB live, the 16 freed, then 26 MiB next to the 20.
+    Step 1 at 52 MiB: segments 16 + 20; the 26 MiB segment needs the free 16 released
+    (20 + 26 = 46). Step 2: the 16 is carved from the cached 20, the 20 from the cached
+    26 (6 left), the 16 freed; 26 MiB fits no free block, so the now entirely free 20 MiB
+    segment is released again: 26 + 26 = 52 MiB. Below 52 the second step runs out."""
+    events, last = two_steps([("a", 0, 16 * MiB), ("a", 1, 20 * MiB), ("f", 0), ("a", 2, 26 * MiB), ("f", 1), ("f", 2)])
+    capacity, at, free = needed(events, last)
+    assert free.allocated_peak == 46 * MiB and free.reserved_peak == 62 * MiB
+    assert 52 * MiB <= capacity <= 53 * MiB
+    assert at.retries == 2 and at.retries_late == 1  # one release in step 1, one in every later step
+    assert run(events, capacity=51 * MiB).oom and not run(events, capacity=52 * MiB).oom
+
+
+def test_needed_capacity_bisects_within_the_tolerance():
+    events, last = two_steps([("a", 0, 16 * MiB), ("a", 1, 20 * MiB), ("f", 0), ("a", 2, 26 * MiB), ("f", 1), ("f", 2)])
+    capacity, at, _ = needed(events, last, tolerance=32 * MiB)
+    assert 52 * MiB <= capacity <= 52 * MiB + 32 * MiB and not at.oom
+
+
+def test_a_stream_whose_verdict_is_decided_anyway_is_bisected_coarsely():
+    """Allocated 46 MiB and reserved 62 MiB: with the fit decided between 40 and 44 MiB
+    (nothing fits there) or 70 and 80 MiB (it fits anyway) 1 % of the peak is enough."""
+    events, last = two_steps([("a", 0, 16 * MiB), ("a", 1, 20 * MiB), ("f", 0), ("a", 2, 26 * MiB), ("f", 1), ("f", 2)])
+    probes = []
+
+    def run_at(capacity):
+        probes.append(capacity)
+        return run(events, capacity=capacity, count_from=last)
+
+    fine, _, _ = needed_capacity(run_at, tolerance=64 * 1024, verdict=(50 * MiB, 54 * MiB))
+    fine_probes, probes[:] = len(probes), []
+    for verdict in ((40 * MiB, 44 * MiB), (70 * MiB, 80 * MiB)):
+        coarse, _, _ = needed_capacity(run_at, tolerance=64 * 1024, verdict=verdict)
+        assert 52 * MiB <= fine <= coarse <= 52 * MiB + 46 * MiB // 100 + 1
+        assert len(probes) < fine_probes
+        probes[:] = []
+
+
+def test_expandable_segments_grow_in_place():
+    """By hand: 30 MiB maps two 20 MiB pages (10 MiB free at the end), freed; 50 MiB
+    extends that free end by one page: 60 MiB in one segment, where the default
+    allocator keeps a 30 and a 50 MiB segment (80 MiB). 60 MiB is also what it needs."""
+    events = [("a", 0, 30 * MiB), ("f", 0), ("a", 1, 50 * MiB)]
+    default, expandable = run(events), run(events, expandable=True)
+    assert default.reserved_peak == 80 * MiB and default.segments == 2
+    assert expandable.reserved_peak == 60 * MiB and expandable.segments == 1
+    assert expandable.allocated_peak == 50 * MiB
+    capacity, at, _ = needed(events, len(events), expandable=True)
+    assert 60 * MiB <= capacity <= 61 * MiB and not at.oom
+    assert run(events, capacity=59 * MiB, expandable=True).oom
+
+
+def test_expandable_segments_release_unmaps_free_blocks():
+    """By hand: 30 MiB maps two pages (30 + 10 free), 4 MiB comes from the free end
+    (30 + 4 + 6 free), the 30 is freed; 40 MiB fits no free block, so the free 6 MiB end
+    grows by two pages: 80 MiB mapped without a limit. At 50 MiB the free 30 MiB block is
+    unmapped first: 4 + 6 + 40 = 50 mapped, which fits; at 49 nothing helps."""
+    events = [("a", 0, 30 * MiB), ("a", 1, 4 * MiB), ("f", 0), ("a", 2, 40 * MiB)]
+    unlimited = run(events, expandable=True)
+    assert unlimited.reserved_peak == 80 * MiB and unlimited.retries == 0
+    squeezed = run(events, capacity=50 * MiB, expandable=True)
+    assert squeezed.released == 30 * MiB and squeezed.retries == 1 and not squeezed.oom
+    assert squeezed.reserved_peak == 50 * MiB
+    assert run(events, capacity=49 * MiB, expandable=True).oom
 
 
 def test_malformed_streams_are_rejected():

@@ -137,3 +137,20 @@ def test_nothing_within_the_time_budget_names_the_fastest():
     with pytest.raises(NothingFitsError, match="time budget") as info:
         require_choice(ranking, get_profile("v100-32gb"))
     assert info.value.exit_code == 3
+
+
+def test_a_step_that_releases_the_cache_every_time_ranks_after_one_that_does_not():
+    import dataclasses
+
+    from plan_helpers import cand, estimate
+    from planner.choose import rank_candidates
+    from planner.fidelity import LOW_BUDGET
+    from planner.quality import load_evidence
+
+    fast = estimate(cand(LOW_BUDGET, batch=16), 12.0, 1.0)
+    releasing = dataclasses.replace(fast, memory=dataclasses.replace(fast.memory, cache_releases_per_step=2))
+    slower = estimate(cand(LOW_BUDGET, batch=8), 10.0, 2.0)
+    ranking = rank_candidates([releasing, slower], 28 * 2**30, load_evidence())
+    assert ranking.chosen.estimate is slower  # estimated slower, but it does not release
+    (other,) = [r for r in ranking.ranked if r.estimate is releasing]
+    assert other.reason.startswith("slower: releases the allocator's cache 2 time(s) every step")

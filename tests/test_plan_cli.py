@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lofi.cli import main
 from plan_helpers import make_plan
-from planner.plan_file import load_plan, plan_to_dict, save_plan
+from planner.plan_file import VERSION, load_plan, plan_to_dict, save_plan
 
 
 def run(*args: str):
@@ -70,7 +70,7 @@ def test_plan_json_prints_only_the_document_and_writes_plan_json(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)  # stdout is the document and nothing else
-    assert document["schema"] == "lofi.plan" and document["version"] == 1
+    assert document["schema"] == "lofi.plan" and document["version"] == VERSION
     assert document["hardware"] == {"name": "v100-32gb", "display_name": "NVIDIA V100 SXM2 32GB",
                                     "memory_bytes": 32 * 2**30, "kind": "gpu", "detected": False}
     chosen = document["chosen"]
@@ -188,3 +188,19 @@ def test_measure_step_runs_two_real_training_steps_on_cuda():
     assert result.error is None and not result.oom
     assert 0 < result.max_allocated_bytes <= result.max_reserved_bytes <= result.nvml_used_bytes
     assert result.step_seconds > 0
+
+
+def test_report_shows_allocated_needed_and_reserved_and_expandable_segments(tmp_path):
+    out = tmp_path / "plan.json"
+    made = run("plan", "--gpu", "v100-32gb", *SMALL, "--videos", "100", "--allocator", "both", "--out", str(out))
+    assert made.exit_code == 0, made.output
+    plan = load_plan(out)
+    assert {e.candidate.expandable_segments for e in plan.candidates} == {False, True}
+    for entry in plan.candidates:
+        memory = entry.memory
+        assert memory.allocated_peak <= memory.needed_capacity <= memory.reserved_peak
+        assert memory.total == memory.needed_capacity + memory.context  # the verdict's number
+    shown = run("report", "--all", str(out)).output
+    assert "allocated / needed / reserved" in shown and "needed capacity" in shown
+    assert "max_memory_allocated" in shown and "max_memory_reserved, no limit" in shown
+    assert "expandable" in shown

@@ -59,7 +59,7 @@ def _broken(tmp_path, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d.update(version=2), "plan schema version 2; this lofi reads version 1"),
+        (lambda d: d.update(version=1), "plan schema version 1; this lofi reads version 2"),
         (lambda d: d.update(schema="other"), "not a lofi plan"),
         (lambda d: d["chosen"].update(batch_per_gpu="two"), r"chosen\.batch_per_gpu: expected an integer >= 1, got 'two'"),
         (lambda d: d["chosen"].update(precision="fp8"), r"chosen: precision must be one of"),

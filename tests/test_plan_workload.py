@@ -152,3 +152,22 @@ def test_chunk_cuts_encoder_activations_at_least_fourfold(tracers):
     acts = {p: r.peak_by_category[ACTIVATION] + r.peak_by_category[INPUT] for p, r in peaks.items()}
     assert acts["none"] >= 4 * acts["chunk:4"]
     assert np.isfinite(acts["none"])
+
+
+def test_a_cycle_member_is_its_single_fidelity_trace_plus_the_other_members_state(tracers):
+    """A C-LoFi member's model holds the head's sampling matrices of every member: the
+    planner traces the single-fidelity model and adds those buffers at setup; the
+    model built with the whole cycle, traced directly, allocates the same."""
+    from planner.estimate import TraceStore
+    from planner.trace_cache import TraceCache
+
+    cycle = (TINY, Fidelity(16, 32, 2))
+    member = StepSpec(ModelSpec("tsm_r18", "gtad", TINY, "none", cycle=cycle))
+    store = TraceStore(LofiWorkload(), TraceCache.in_memory())
+    extra = store.extra_state(member.model)
+    assert len(extra) >= 1 and sum(extra) > 0  # the T = 16 sampling matrices
+    planned = replayed(store.at_batch(member, 3))
+    direct = replayed(tracers[1].trace(member, 3))
+    single = replayed(tracers[1].trace(step(), 3))
+    assert planned.allocated_peak == pytest.approx(direct.allocated_peak, rel=0.01)
+    assert planned.allocated_peak >= single.allocated_peak + sum(extra) - 2**20

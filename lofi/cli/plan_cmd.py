@@ -43,9 +43,14 @@ MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two 
 @click.option("--measure", is_flag=True, help="Run the finalists for real on this GPU (one subprocess each).")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the best of each configuration.")
 @click.option("--max-epoch-hours", type=float, help="Time budget: reject candidates estimated slower per epoch.")
+@click.option("--allocator", type=click.Choice(["default", "expandable", "both"]), default="default", show_default=True,
+              help="PyTorch's caching allocator settings to plan for: expandable = "
+                   "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; both = try each.")
+@click.option("--batchnorm", type=click.Choice(["frozen", "trained"]), default="frozen", show_default=True,
+              help="BatchNorm in training: frozen (a pre-trained encoder, the paper) or trained (random init).")
 def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, precision, checkpointing,
          global_batch, no_accumulation, optimizer, margin, videos, annotations, out, as_json, measure, show_all,
-         max_epoch_hours) -> None:
+         max_epoch_hours, allocator, batchnorm) -> None:
     """Estimate every candidate configuration, pick the best that fits, write plan.json."""
     from lofi.cli.console import console, err_console, writable
     from lofi.cli.plan_render import gather_report, render_report, report_from_plan
@@ -70,6 +75,8 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         gpus=gpus,
         nodes=nodes,
         optimizer=optimizer,
+        expandable_segments={"default": (False,), "expandable": (True,), "both": (False, True)}[allocator],
+        batchnorm=batchnorm,
     )
     writable(out, "--out")  # before the planning work, not after it
     target = resolve_target(gpu_name, list_profiles(), gpus=gpus)

@@ -140,6 +140,16 @@ def memory_bar(total: int, usable: int, capacity: int, width: int = BAR_WIDTH) -
     return text
 
 
+def allocator_line(memory: MemoryEstimate) -> str:
+    """'12.1 / 13.0 / 16.8 · 1 release/step': allocated peak, needed capacity,
+    unconstrained reserved peak (GiB) and the cache releases of a steady step."""
+    text = (f"{memory.allocated_peak / GIB:.1f} / {memory.needed_capacity / GIB:.1f} / "
+            f"{memory.reserved_peak / GIB:.1f}")
+    if memory.cache_releases_per_step:
+        text += f" · {memory.cache_releases_per_step} release/step"
+    return text
+
+
 def breakdown(memory: MemoryEstimate) -> tuple[int, int, int]:
     """(weights: parameters + gradients + optimizer state, activations, everything else)."""
     weights = memory.parameters + memory.gradients + memory.optimizer_state
@@ -168,16 +178,19 @@ def _table(report: Report) -> Table:
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, leading=1)
     table.add_column("#", justify="right")
     table.add_column("candidate", min_width=12)
-    table.add_column("memory GiB\nw / act / other", no_wrap=True)
+    table.add_column("memory GiB\nw / act / other\nallocated / needed / reserved", no_wrap=True)
     table.add_column("epoch", justify="right", no_wrap=True)
     table.add_column("verdict", ratio=1, min_width=18)
     for entry in report.rows:
         c = entry.candidate
         candidate = Text(f"{fidelity_name(c)} {c.backbone.removeprefix('tsm_')}\n", style="bold" if entry is report.chosen else "")
         candidate.append(f"{batch_text(c)} {c.precision} {c.checkpointing}", style="grey70")
+        if c.expandable_segments:
+            candidate.append(" expandable", style="grey70")
         weights, activations, other = breakdown(entry.memory)
         memory = memory_bar(entry.total_bytes, report.usable_bytes, report.hardware.memory_bytes)
         memory.append(f"\n{weights / GIB:.1f} / {activations / GIB:.1f} / {other / GIB:.1f}", style="grey70")
+        memory.append("\n" + allocator_line(entry.memory), style="grey70")
         epoch = hours(entry.time.seconds_per_epoch) if entry.time else "–"
         table.add_row(str(entry.rank), candidate, memory, epoch, _verdict(entry))
     return table
@@ -201,6 +214,7 @@ def _winner(report: Report, entry: PlanEntry) -> Panel:
         f"{fidelity_name(c)} · {c.backbone} · {_HEADS.get(c.head, c.head)} · batch {c.batch_per_gpu} per {unit}"
         f"{f' × {c.accumulation} accumulation steps' if c.accumulation > 1 else ''} · {c.precision} · "
         f"checkpointing {c.checkpointing} · {c.optimizer}"
+        f"{' · PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True' if c.expandable_segments else ''}"
     )
     body: list = [Text(title, style="bold green"), Text(f"Why: {report.why}", style="default")]
     body.append(Text(f"Quality: {entry.quality}"))
@@ -218,13 +232,13 @@ def _winner(report: Report, entry: PlanEntry) -> Panel:
 
 def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column("category")
-    table.add_column("GiB", justify="right")
-    table.add_column("share", no_wrap=True)
+    table.add_column("category", no_wrap=True)
+    table.add_column("GiB", justify="right", no_wrap=True)
+    table.add_column("share", overflow="fold")
     rows = [
         ("parameters", memory.parameters), ("gradients", memory.gradients), ("optimizer state", memory.optimizer_state),
-        ("activations at the peak", memory.activations), ("allocator slack", memory.allocator_slack),
-        ("cuBLAS/cuDNN workspace", memory.workspace), ("CUDA context", memory.context),
+        ("activations at the peak", memory.activations), ("cuBLAS/cuDNN workspace", memory.workspace),
+        ("allocator slack (needed − allocated)", memory.allocator_slack), ("CUDA context", memory.context),
         ("DDP buckets", memory.ddp), ("NCCL", memory.nccl),
     ]
     for name, value in rows:
@@ -232,6 +246,13 @@ def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
             continue
         share = round(BAR_WIDTH * 2 * value / max(memory.total, 1))
         table.add_row(name, f"{value / GIB:.2f}", Text("█" * share, style="cyan"))
+    releases = memory.cache_releases_per_step
+    for name, value, note in (
+        ("allocated peak", memory.allocated_peak, "max_memory_allocated"),
+        ("needed capacity", memory.needed_capacity, f"decides the fit; {releases} cache release(s)/step"),
+        ("reserved, GPU with room", memory.reserved_peak, "max_memory_reserved, no limit"),
+    ):
+        table.add_row(Text(name, style="italic"), f"{value / GIB:.2f}", Text(note, style="grey70"))
     table.add_row(
         Text("total per " + ("GPU" if report.hardware.kind == "gpu" else "process"), style="bold"),
         Text(f"{memory.total / GIB:.2f}", style="bold"),

@@ -50,6 +50,8 @@ STAGE_NAMES = ("lofi", "features", "head", "eval")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes (default 0).")
 @click.option("--checkpoint-every", type=int, help="Optimizer steps between checkpoints (default 50).")
+@click.option("--override-plan", is_flag=True,
+              help="Let --optimizer/--momentum/--freeze-bn/--train-bn differ from the plan (recorded in config.json).")
 @click.option("--freeze-bn/--train-bn", default=None,
               help="BatchNorm statistics frozen or trained (default: frozen with --pretrained, trained without).")
 def train(**options) -> None:
@@ -57,4 +59,18 @@ def train(**options) -> None:
     evaluate. With no data options it uses a small synthetic dataset."""
     from lofi.cli.train_run import run_training
 
+    if options["plan_path"] is not None and options["plan_path"].is_file():
+        _allocator_before_cuda(options["plan_path"])
     run_training(options, argv=sys.argv[1:])
+
+
+def _allocator_before_cuda(path: Path) -> None:
+    """The plan's PYTORCH_CUDA_ALLOC_CONF, set before anything starts CUDA."""
+    from lofi.train.alloc_conf import apply_alloc_conf
+    from planner.errors import PlanFileError
+    from planner.plan_file import load_plan
+
+    try:
+        apply_alloc_conf(load_plan(path).chosen.alloc_conf)
+    except PlanFileError:
+        pass  # reported with its message where the plan is loaded for training

@@ -112,8 +112,10 @@ def _auto_plan(options: dict[str, Any], resolved, gpus: int | None = None, nodes
     options given, whatever the world size."""
     from lofi.train.setup import PlanOptions, auto_plan
 
+    frozen = options["freeze_bn"] if options["freeze_bn"] is not None else options["pretrained"] is not None
     plan_options = PlanOptions(options["gpu_name"], gpus or options["gpus"], nodes, options["margin"],
-                               options["max_epoch_hours"], tuple(options["backbones"]), options["head"])
+                               options["max_epoch_hours"], tuple(options["backbones"]), options["head"],
+                               batchnorm="frozen" if frozen else "trained")
     with _bar("planning") as advance:
         plan, notices = auto_plan(resolved, plan_options, progress=advance)
     for notice in notices:
@@ -131,6 +133,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
     from lofi.train.precision import check_precision
     from lofi.train.progress import NullProgress, RichProgress
     from lofi.train.run_folder import RunFolder
+    from lofi.train.alloc_conf import apply_alloc_conf
     from lofi.train.setup import build_config
     from lofi.train.stopping import StopRequest
     from lofi.train.world import check_world, plan_for_world
@@ -170,6 +173,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
         check_world(plan, context.gpus_per_node, context.nodes)
         check_plan(plan, config, context.device, force=options["force"] or (options["resume"] and stored),
                    notify=_note if context.is_main else None)  # a resumed run's plan was accepted at its start
+        apply_alloc_conf(config.alloc_conf)
         check_precision(context.device, plan.chosen.precision)
         if context.is_main:
             _render_plan(plan, config)
@@ -201,7 +205,7 @@ def _overrides(options: dict[str, Any]):
     head = {"epochs": options["head_epochs"], "lr": options["head_lr"]}
     config = {"head_batch": options["head_batch"], "cycle": options["cycle"], "seed": options["seed"],
               "num_workers": options["workers"], "checkpoint_every": options["checkpoint_every"],
-              "freeze_bn": options["freeze_bn"]}
+              "freeze_bn": options["freeze_bn"], "override_plan": options["override_plan"]}
     return RecipeOverrides(lofi, head, config)
 
 

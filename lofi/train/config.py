@@ -84,9 +84,12 @@ class TrainConfig:
     baseline: bool = False  # skip the LoFi stage: frozen pre-trained encoder (ACP)
     top_k_proposals: int = 100
     top_k_classes: int = 2
+    alloc_conf: str | None = None  # PYTORCH_CUDA_ALLOC_CONF the plan trains with (None: PyTorch's default)
+    plan_overrides: tuple[str, ...] = ()  # plan fields the user overrode (--override-plan), "field: plan -> used"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "plan_overrides", tuple(self.plan_overrides))  # a JSON list when loaded
         if self.cycle not in ("long", "short"):
             raise OptionError(f"cycle must be long or short, got {self.cycle!r}")
         for name in ("head_batch", "feature_batch", "checkpoint_every", "log_every", "short_cycle_batches"):

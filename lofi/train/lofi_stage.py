@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.models.heads import constant_buffer_names
+from lofi.models.lofi_model import build_optimizer
 from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lofi.train.config import OptimConfig, TrainConfig
 from lofi.train.distributed import DistContext, agree, average_gradients, broadcast_parameters, sum_over_ranks
@@ -53,10 +54,9 @@ class OutOfMemoryDuringStage(RuntimeError):
 
 
 def make_optimizer(parameters, recipe: OptimConfig) -> torch.optim.Optimizer:
-    trainable = [p for p in parameters if p.requires_grad]
-    if recipe.name == "sgd":
-        return torch.optim.SGD(trainable, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    return torch.optim.Adam(trainable, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    """The recipe's optimizer, built as the planner traces it (`lofi.models.lofi_model`)."""
+    return build_optimizer(parameters, recipe.name, lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: OptimConfig):

@@ -27,6 +27,7 @@ from lofi.errors import CheckpointError, LofiError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
 from lofi.models.heads import build_head
+from lofi.models.lofi_model import build_lofi_model
 from lofi.train.bn_init import estimate_batchnorm_statistics
 from lofi.train.checkpoint import load_checkpoint
 from lofi.train.config import TrainConfig, bn_frozen, config_to_dict
@@ -36,7 +37,6 @@ from lofi.train.fallback import next_candidate
 from lofi.train.features_stage import extract_features, load_features, read_index
 from lofi.train.head_stage import train_head
 from lofi.train.lofi_stage import OutOfMemoryDuringStage, run_lofi_stage
-from lofi.train.model import build_lofi_model
 from lofi.train.progress import NullProgress, StageProgress
 from lofi.train.run_folder import MetricsLog, RunFolder
 from lofi.train.stopping import StopRequest

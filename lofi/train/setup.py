@@ -12,6 +12,7 @@ from typing import Any
 from lofi.errors import OptionError
 from lofi.train import defaults
 from lofi.train.config import HEAD_RECIPES, LOFI_RECIPE, DataConfig, OptimConfig, TrainConfig
+from planner.candidate import Candidate
 from planner.fidelity import FULL, Fidelity
 from planner.plan_file import Plan
 
@@ -44,6 +45,7 @@ class PlanOptions:
     max_epoch_hours: float | None = None
     backbones: tuple[str, ...] = ()
     head: str = "gtad"
+    batchnorm: str = "frozen"  # what the trainer will do with BatchNorm (planner.candidate.BATCHNORM)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def auto_plan(
     full = resolved.data.full_fidelity
     if profile.kind == "cpu" and resolved.synthetic:
         spec = replace(defaults.CPU_GRID, gpus=options.gpus, nodes=options.nodes, head=options.head,
-                       backbones=options.backbones or defaults.CPU_GRID.backbones,
+                       backbones=options.backbones or defaults.CPU_GRID.backbones, batchnorm=options.batchnorm,
                        fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full, defaults.SYNTH_FULL_FIDELITY)
                                                       for f in defaults.CPU_GRID.fidelities)))
         target_seconds = defaults.CPU_EPOCH_BUDGET_SECONDS
@@ -139,7 +141,7 @@ def auto_plan(
         base = GridSpec()
         spec = replace(
             base, gpus=options.gpus, nodes=options.nodes, head=options.head,
-            backbones=options.backbones or base.backbones,
+            backbones=options.backbones or base.backbones, batchnorm=options.batchnorm,
             fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full) for f in base.fidelities)),
             cycles=tuple(tuple(scaled_fidelity(f, full) for f in c) for c in base.cycles),
         )
@@ -185,7 +187,8 @@ def scaled_fidelity(fidelity: Fidelity, full: Fidelity, reference: Fidelity = FU
 def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides, *, pretrained: str | None,
                  baseline: bool) -> TrainConfig:
     """The run's configuration: the plan's backbone and head, the stage recipes (the
-    paper's, or the CPU defaults for the synthetic data on a CPU) with overrides."""
+    paper's, or the CPU defaults for the synthetic data on a CPU) with overrides, and
+    the plan's optimizer and BatchNorm mode (`follow_plan`)."""
     from lofi.train.plan_check import check_names
 
     check_names(plan.chosen.backbone, plan.chosen.head)  # before the recipes are looked up by name
@@ -196,16 +199,61 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         "head_batch": defaults.CPU_HEAD_BATCH if cpu_synthetic else 16,
         **{k: v for k, v in overrides.config.items() if v is not None},
     }
+    override = bool(values.pop("override_plan", False))
+    lofi, freeze_bn, overridden = follow_plan(plan.chosen, lofi_recipe, overrides.lofi, values.get("freeze_bn"),
+                                              override=override)
+    values["freeze_bn"] = freeze_bn
     return TrainConfig(
         data=resolved.data,
         backbone=plan.chosen.backbone,
         head=plan.chosen.head,
-        lofi=_override(lofi_recipe, overrides.lofi),
+        lofi=lofi,
         head_stage=_override(head_recipe, overrides.head),
         pretrained=pretrained,
         baseline=baseline,
+        alloc_conf=plan.chosen.alloc_conf,
+        plan_overrides=overridden,
         **values,
     )
+
+
+def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any], freeze_bn: bool | None, *,
+                override: bool = False) -> tuple[OptimConfig, bool, tuple[str, ...]]:
+    """The LoFi recipe and BatchNorm mode of the plan's candidate: its optimizer (the
+    recipe's when they agree; else the planned one at its default learning rate) and its
+    BatchNorm mode. A command-line choice that contradicts the plan is an OptionError
+    naming both values, unless `override`: then the user's value is used and listed in
+    the returned overrides (recorded in the run's config.json)."""
+    from lofi.models.lofi_model import PLAN_OPTIMIZERS, plan_optimizer_name
+
+    name, momentum = PLAN_OPTIMIZERS[candidate.optimizer]
+    if plan_optimizer_name(recipe.name, recipe.momentum) != candidate.optimizer:
+        recipe = replace(recipe, name=name, momentum=momentum, lr=_DEFAULT_LR[name])
+    chosen = _override(recipe, lofi)
+    overridden = []
+    used = plan_optimizer_name(chosen.name, chosen.momentum)
+    if used != candidate.optimizer:
+        given = " ".join(f"--{k.replace('name', 'optimizer')} {lofi[k]}" for k in ("name", "momentum")
+                         if lofi.get(k) is not None)
+        _contradiction(f"{given} trains with {used}", f"optimizer {candidate.optimizer}", override)
+        overridden.append(f"optimizer: {candidate.optimizer} -> {used}")
+    planned_frozen = candidate.batchnorm == "frozen"
+    if freeze_bn is not None and freeze_bn != planned_frozen:
+        flag = "--freeze-bn" if freeze_bn else "--train-bn"
+        _contradiction(flag, f"batchnorm {candidate.batchnorm}", override)
+        overridden.append(f"batchnorm: {candidate.batchnorm} -> {'frozen' if freeze_bn else 'trained'}")
+    return chosen, planned_frozen if freeze_bn is None else freeze_bn, tuple(overridden)
+
+
+# Learning rate for an optimizer the recipe does not use: the paper's SGD lr, and the
+# Adam lr of the CPU recipe (defaults.py, docs/synthetic.md).
+_DEFAULT_LR = {"sgd": LOFI_RECIPE.lr, "adam": defaults.CPU_LOFI_RECIPE.lr}
+
+
+def _contradiction(given: str, planned: str, override: bool) -> None:
+    if not override:
+        raise OptionError(f"{given} contradicts the plan's {planned} (the plan's memory estimate assumes it); "
+                          "drop the option, plan again, or pass --override-plan to train with it anyway")
 
 
 def _override(recipe: OptimConfig, values: dict[str, Any]) -> OptimConfig:

@@ -17,7 +17,6 @@ from lofi.data.dataset import ClipBatch
 from lofi.models.lofi_model import build_lofi_model
 from lofi.plan_workload import lofi_workload
 from lofi.train.config import OptimConfig
-from lofi.train.distributed import DistContext
 from lofi.train.lofi_stage import _micro_step, make_optimizer
 from lofi.train.precision import grad_scaler
 from planner.allocator import replay
@@ -59,7 +58,6 @@ def _trainer_allocated_peak(candidate: Candidate, recipe: OptimConfig) -> int:
                              freeze_bn=candidate.batchnorm == "frozen", checkpointing=candidate.checkpointing,
                              device=device)
     config = tiny_config(_Paths)
-    context = DistContext(rank=0, local_rank=0, world_size=1, device=device)
     recorder = Recorder(compress=False, cache=False, exclusive=_exclusive(device))
     with recorder:
         recorder.adopt(model.parameters(), PARAMETER)
@@ -68,10 +66,9 @@ def _trainer_allocated_peak(candidate: Candidate, recipe: OptimConfig) -> int:
         scaler = grad_scaler(device, candidate.precision)
         batch = None
         for step in range(2):
-            for micro in range(candidate.accumulation):
+            for _ in range(candidate.accumulation):
                 batch = _batch(candidate.batch_per_gpu, step)
-                last = micro + 1 == candidate.accumulation
-                _micro_step(model, batch, candidate, config, context, scaler, step, last)
+                _micro_step(model, batch, candidate, config, scaler, step)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,7 @@ estimate: each a value with its source, from profiles/overheads.json (later refi
 measurements on a real GPU, the calibration issue).
 
     context  CUDA context and lazily loaded kernels (per process)
-    ddp      DistributedDataParallel's gradient buckets (world size > 1)
+    ddp      the data-parallel gradient averaging's flat bucket (world size > 1)
     nccl     NCCL communicator buffers (world size > 1)
 
 and the sizes of the workspaces PyTorch takes from its caching allocator (cuBLAS per
@@ -39,8 +39,6 @@ class Overheads:
     cublas_handles: Constant
     cudnn_workspace_bytes: Constant
     ddp_bucket_cap_bytes: Constant
-    ddp_first_bucket_bytes: Constant
-    ddp_gradient_as_bucket_view: Constant
     nccl_buffer_bytes_per_connection: Constant
     nccl_channels: Constant
     nccl_connections_per_channel: Constant
@@ -151,27 +149,28 @@ def workspace_bytes(profile: GpuProfile, overheads: Overheads) -> int:
 
 
 def ddp_bytes(grad_bytes: tuple[int, ...], world_size: int, overheads: Overheads) -> int | None:
-    """DDP's flat gradient buckets: parameters in reverse order, a bucket closes once it
-    holds >= its cap (1 MiB for the first, 25 MiB after); each bucket is one tensor from
-    the caching allocator (reserved bytes, as the allocator model rounds them). None on
-    one process; 0 with gradient_as_bucket_view (gradients live in the buckets)."""
+    """The trainer's data-parallel gradient averaging (after backward, once the ranks
+    agreed that none ran out of memory): gradients in parameter order are packed into
+    flat buckets of at most the cap (a gradient larger than the cap is a bucket of its
+    own), all-reduced one bucket at a time and copied back, so one flat bucket lives at a
+    time: the largest, as the allocator model rounds it. None on one process."""
     if world_size <= 1:
         return None
-    if overheads.ddp_gradient_as_bucket_view.value:
-        return 0
-    caps = [int(overheads.ddp_first_bucket_bytes.value), int(overheads.ddp_bucket_cap_bytes.value)]
-    buckets, current = [], 0
-    for nbytes in reversed(grad_bytes):
-        current += nbytes
-        if current >= caps[min(len(buckets), 1)]:
-            buckets.append(current)
-            current = 0
-    if current:
-        buckets.append(current)
     allocator = CachingAllocatorModel()
-    for nbytes in buckets:
-        allocator.malloc(nbytes)
+    allocator.malloc(largest_bucket(grad_bytes, int(overheads.ddp_bucket_cap_bytes.value)))
     return allocator.reserved
+
+
+def largest_bucket(grad_bytes: tuple[int, ...], cap: int) -> int:
+    """The largest flat bucket when gradients of these sizes, in order, are packed into
+    buckets of at most `cap` bytes (a new bucket starts when the next gradient would
+    overflow the current one)."""
+    largest = current = 0
+    for nbytes in grad_bytes:
+        if current and current + nbytes > cap:
+            largest, current = max(largest, current), 0
+        current += nbytes
+    return max(largest, current)
 
 
 def nccl_bytes(world_size: int, overheads: Overheads) -> int | None:

@@ -182,25 +182,30 @@ def average_gradients(parameters, context: DistContext, bucket_bytes: int = 25 *
         if flag > 0 and p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-
-    def flush() -> None:
-        if not bucket:
-            return
-        flat = _flatten_dense_tensors(bucket)
+    for bucket in gradient_buckets([g.numel() * g.element_size() for g in grads], bucket_bytes):
+        members = [grads[i] for i in bucket]
+        flat = _flatten_dense_tensors(members)  # the one flat bucket alive (planner.overheads.ddp_bytes)
         _collective("the gradient all-reduce", lambda: dist.all_reduce(flat))
         flat /= context.world_size
-        for grad, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+        for grad, synced in zip(members, _unflatten_dense_tensors(flat, members)):
             grad.copy_(synced)
+        del flat
 
-    for grad in grads:
-        if bucket and (grad.dtype != bucket[0].dtype or size + grad.numel() * grad.element_size() > bucket_bytes):
-            flush()
-            bucket, size = [], 0
-        bucket.append(grad)
-        size += grad.numel() * grad.element_size()
-    flush()
+
+def gradient_buckets(sizes: list[int], bucket_bytes: int) -> list[list[int]]:
+    """Indices of the gradients packed, in order, into buckets of at most `bucket_bytes`
+    (a gradient larger than that is a bucket of its own). Gradients of one model share a
+    dtype here (the master weights are fp32 under autocast), so size alone decides."""
+    buckets: list[list[int]] = []
+    size = 0
+    for i, nbytes in enumerate(sizes):
+        if buckets and size + nbytes <= bucket_bytes:
+            buckets[-1].append(i)
+            size += nbytes
+        else:
+            buckets.append([i])
+            size = nbytes
+    return buckets
 
 
 def broadcast_parameters(module: torch.nn.Module, context: DistContext, skip: Collection[str] = ()) -> None:

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import click
 
-STAGE_NAMES = ("lofi", "features", "head", "eval")
+STAGE_NAMES = ("pretrain", "lofi", "features", "head", "eval")
 
 
 @click.command()
 @click.option("--auto", is_flag=True, help="Plan for the hardware found here (no GPU: the CPU), then train.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), help="Train the plan in this plan.json.")
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGE_NAMES), help="Run only this stage (repeatable).")
-@click.option("--baseline", is_flag=True, help="Skip the LoFi stage: frozen encoder (the paper's ACP baseline).")
+@click.option("--baseline", is_flag=True, help="Skip the LoFi stage: frozen pre-trained encoder (the paper's ACP baseline).")
+@click.option("--from-scratch", is_flag=True,
+              help="Synthetic data: no action-classification pre-training; the encoder starts from random init.")
 @click.option("--resume", is_flag=True, help="Continue the run in runs/NAME from its checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Start runs/NAME afresh, deleting what is there.")
 @click.option("--name", help="Run folder name (default: lofi, or baseline with --baseline).")
@@ -51,6 +53,10 @@ STAGE_NAMES = ("lofi", "features", "head", "eval")
 @click.option("--checkpoint-every", type=int, help="Optimizer steps between checkpoints (default 50).")
 @click.option("--freeze-bn/--train-bn", default=None,
               help="BatchNorm statistics frozen or trained (default: frozen with --pretrained, trained without).")
+@click.option("--bn-mode", type=click.Choice(["train", "frozen", "partial"]),
+              help="Encoder BatchNorm in the LoFi stage (partial: TSM partialBN); overrides --freeze-bn.")
+@click.option("--proposal-end", type=click.Choice(["lofi", "official"]),
+              help="official: no proposal ends after (T-1)/T, as the BMN/G-TAD loops (default lofi).")
 def train(**options) -> None:
     """Plan, then train LoFi end to end, extract full-fidelity features, train the head,
     evaluate. With no data options it uses a small synthetic dataset."""

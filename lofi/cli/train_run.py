@@ -153,7 +153,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             if not options["plan_path"] and not context.is_main:
                 plan = load_plan(run.plan)
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
-                                  baseline=options["baseline"])
+                                  baseline=options["baseline"], from_scratch=options["from_scratch"])
         _check_world(plan, context)
         check_precision(context.device, plan.chosen.precision)
         if context.is_main:
@@ -186,7 +186,8 @@ def _overrides(options: dict[str, Any]):
     head = {"epochs": options["head_epochs"], "lr": options["head_lr"]}
     config = {"head_batch": options["head_batch"], "cycle": options["cycle"], "seed": options["seed"],
               "num_workers": options["workers"], "checkpoint_every": options["checkpoint_every"],
-              "freeze_bn": options["freeze_bn"]}
+              "freeze_bn": options["freeze_bn"], "bn_mode": options["bn_mode"],
+              "proposal_end": options["proposal_end"]}
     return RecipeOverrides(lofi, head, config)
 
 

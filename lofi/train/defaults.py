@@ -6,7 +6,7 @@ in docs/synthetic.md with the command that produced them."""
 
 from __future__ import annotations
 
-from lofi.train.config import OptimConfig
+from lofi.train.config import OptimConfig, PretrainConfig
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec
 
@@ -33,9 +33,18 @@ CPU_GRID = GridSpec(
 )
 CPU_EPOCH_BUDGET_SECONDS = 90.0  # per LoFi epoch over the 90 synthetic training videos
 
+# Action-classification pre-training on the synthetic training instances (the role of
+# Kinetics-400 for ActivityNet, PAPER.md stage 1): full fidelity, BatchNorm trained,
+# two snippets an instance, no flips (a mirrored motion is another class or a
+# look-alike). Cached under the cache root (lofi/train/pretrain_stage.py).
+SYNTH_PRETRAIN = PretrainConfig(
+    OptimConfig("adam", lr=1e-3, epochs=6, weight_decay=1e-4, step_epochs=4, gamma=0.1),
+    snippets_per_clip=2, videos_per_batch=4, flip=False, seed=0,
+)
+
 # Recipes for the synthetic default. The paper's (SGD, lr 0.1, momentum 0) fine-tunes a
-# Kinetics-pre-trained encoder; here the encoder starts from random weights, where
-# Adam with trained BatchNorm learns in minutes and SGD did not (docs/synthetic.md).
+# Kinetics-pre-trained encoder; on this data Adam learns in minutes and SGD did not from
+# random weights (docs/synthetic.md); the same recipe fine-tunes the pre-trained one.
 CPU_LOFI_RECIPE = OptimConfig("adam", lr=1e-3, epochs=10, weight_decay=1e-4, step_epochs=7, gamma=0.5)
 CPU_HEAD_RECIPE = OptimConfig("adam", lr=4e-3, epochs=10, weight_decay=1e-4, step_epochs=5, gamma=0.1)
 CPU_HEAD_BATCH = 4

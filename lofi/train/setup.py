@@ -135,9 +135,12 @@ def auto_plan(
 
 
 def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides, *, pretrained: str | None,
-                 baseline: bool) -> TrainConfig:
+                 baseline: bool, from_scratch: bool = False) -> TrainConfig:
     """The run's configuration: the plan's backbone and head, the stage recipes (the
-    paper's, or the CPU defaults for the synthetic data on a CPU) with overrides."""
+    paper's, or the CPU defaults for the synthetic data on a CPU) with overrides. On the
+    synthetic data without --pretrained (and without `from_scratch`) the encoder starts
+    from action-classification pre-training on its training instances (the pretrain
+    stage; cached), so LoFi and the ACP baseline share one pre-trained encoder."""
     cpu_synthetic = resolved.synthetic and plan.hardware.kind == "cpu"
     lofi_recipe = defaults.CPU_LOFI_RECIPE if cpu_synthetic else LOFI_RECIPE
     head_recipe = defaults.CPU_HEAD_RECIPE if cpu_synthetic else HEAD_RECIPES[plan.chosen.head]
@@ -145,6 +148,13 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         "head_batch": defaults.CPU_HEAD_BATCH if cpu_synthetic else 16,
         **{k: v for k, v in overrides.config.items() if v is not None},
     }
+    pretrain = None
+    if pretrained is None and resolved.synthetic and not from_scratch:
+        from lofi.train.pretrain_stage import cached_weights_path
+        from planner.trace_cache import cache_root
+
+        pretrain = defaults.SYNTH_PRETRAIN
+        pretrained = str(cached_weights_path(cache_root(), plan.chosen.backbone, resolved.data, pretrain))
     return TrainConfig(
         data=resolved.data,
         backbone=plan.chosen.backbone,
@@ -152,6 +162,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         lofi=_override(lofi_recipe, overrides.lofi),
         head_stage=_override(head_recipe, overrides.head),
         pretrained=pretrained,
+        pretrain=pretrain,
         baseline=baseline,
         **values,
     )

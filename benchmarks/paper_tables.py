@@ -98,7 +98,8 @@ def data_args(root: Path, scale: Scale) -> list[str]:
     data = root / "data"
     return ["--annotations", str(data / "annotations.json"), "--videos", str(data / "videos"),
             "--full-tr", str(scale.full.tr), "--full-sr", str(scale.full.sr),
-            "--frames-per-snippet", str(scale.full.frames_per_snippet), "--stride", str(scale.stride)]
+            "--frames-per-snippet", str(scale.full.frames_per_snippet), "--stride", str(scale.stride),
+            "--no-flip"]
 
 
 def train_command(root: Path, scale: Scale, setting: Setting, seed: int, *, resume: bool) -> list[str]:
@@ -298,7 +299,7 @@ def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only:
     commands.append(" ".join(synth[1:]))
     if not (root / "data" / "manifest.json").exists():
         run(synth + ["--force"], log)
-    pretrain = lofi_command("pretrain", *data_args(root, scale), "--no-flip", "--epochs", str(scale.pretrain_epochs),
+    pretrain = lofi_command("pretrain", *data_args(root, scale), "--epochs", str(scale.pretrain_epochs),
                             "--out", str(root / "pretrained" / "encoder.pt"))
     commands.append(" ".join(pretrain[1:]))
     run(pretrain, log)  # reuses complete weights

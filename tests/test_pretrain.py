@@ -22,7 +22,7 @@ from lofi.train.run_folder import RunFolder
 from train_helpers import make_tiny_dataset, tiny_config, tiny_plan
 
 TINY_PRETRAIN = PretrainConfig(OptimConfig("adam", lr=1e-3, epochs=1, step_epochs=1), snippets_per_clip=2,
-                               videos_per_batch=2, flip=False, seed=0)
+                               videos_per_batch=2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_lofi_pretrain_command_writes_weights_train_reads(tiny_data, tmp_path):
             "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert out.is_file() and read_manifest(out)["config"]["flip"] is True  # the user's data: flips on
+    assert out.is_file() and read_manifest(out)["flip"] is True  # the user's data: flips on
     assert "lofi train --auto --pretrained" in result.output
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "found, not retrained" in again.output

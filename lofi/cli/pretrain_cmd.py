@@ -22,7 +22,7 @@ from lofi.cli.console import console, err_console
 @click.option("--backbone", default="tsm_r18", show_default=True, help="Encoder to pre-train.")
 @click.option("--epochs", type=int, help="Epochs (default: the synthetic recipe's).")
 @click.option("--lr", type=float, help="Learning rate (Adam; default 1e-3).")
-@click.option("--flip/--no-flip", default=None, help="Horizontal flips (default: off on synthetic data, on otherwise).")
+@click.option("--flip/--no-flip", default=None, help="Horizontal flips in training (default: on; off on synthetic data).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Weights file to write (default: the cache, where `lofi train --auto` finds them).")
@@ -38,8 +38,7 @@ def pretrain(**options) -> None:
     from planner.trace_cache import cache_root
 
     resolved = _resolve_data({**options, "classification": None})
-    config = pretrain_request(resolved, epochs=options["epochs"], lr=options["lr"], flip=options["flip"],
-                              seed=options["seed"])
+    config = pretrain_request(epochs=options["epochs"], lr=options["lr"], seed=options["seed"])
     backbone = options["backbone"]
     out = options["out"] or cached_weights_path(cache_root(), backbone, resolved.data, config)
     outcome = pretrain_data(backbone, resolved.data, config, out, progress=RichProgress(err_console),

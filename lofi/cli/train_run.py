@@ -89,7 +89,8 @@ def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
     from lofi.train.setup import DataOptions, resolve_data
 
     data = DataOptions(options["annotations"], options["videos_dir"], options["frames_dir"], options["classification"],
-                       options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"])
+                       options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"],
+                       flip=options.get("flip"))
     if quiet:
         return resolve_data(data)
     if data.annotations is None:

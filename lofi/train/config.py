@@ -58,6 +58,7 @@ class DataConfig:
     eval_subset: str = "validation"
     full_fidelity: Fidelity = Fidelity(100, 224)  # feature extraction and head training
     stride: int = 8  # source frames between a snippet's frames (paper: 64 frames -> 8)
+    flip: bool = True  # horizontal flips in training (off where a mirrored motion is another class)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,6 @@ class PretrainConfig:
     recipe: OptimConfig
     snippets_per_clip: int = 2  # snippets drawn inside an instance, averaged (TSN consensus)
     videos_per_batch: int = 4  # videos decoded per step; their instances form the batch
-    flip: bool = True  # horizontal flips (off for direction-labelled classes)
     seed: int = 0
 
     def __post_init__(self) -> None:

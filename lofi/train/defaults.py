@@ -35,12 +35,14 @@ CPU_EPOCH_BUDGET_SECONDS = 90.0  # per LoFi epoch over the 90 synthetic training
 
 # Action-classification pre-training on the synthetic training instances (the role of
 # Kinetics-400 for ActivityNet, PAPER.md stage 1): full fidelity, BatchNorm trained,
-# two snippets an instance, no flips (a mirrored motion is another class or a
-# look-alike). Cached under the cache root (lofi/train/pretrain_stage.py).
+# two snippets an instance. Cached under the cache root (lofi/train/pretrain_stage.py).
+# No stage flips the synthetic videos (SYNTH_FLIP): a mirrored motion is another class
+# or a look-alike (slide_right mirrored is the look-alike of slide_right).
 SYNTH_PRETRAIN = PretrainConfig(
     OptimConfig("adam", lr=1e-3, epochs=6, weight_decay=1e-4, step_epochs=4, gamma=0.1),
-    snippets_per_clip=2, videos_per_batch=4, flip=False, seed=0,
+    snippets_per_clip=2, videos_per_batch=4, seed=0,
 )
+SYNTH_FLIP = False
 
 # Recipes for the synthetic default. The paper's (SGD, lr 0.1, momentum 0) fine-tunes a
 # Kinetics-pre-trained encoder; on this data Adam learns in minutes and SGD did not from

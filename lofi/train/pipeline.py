@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.data.media import check_media, write_listing
+from lofi.data.transforms import Augment
 from lofi.errors import CheckpointError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
@@ -144,7 +145,8 @@ def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, c
     fallbacks = []
     while True:
         model = _initial_model(config, candidate, records, media, classes, context)
-        dataset = _dataset(config, records, media, classes, candidate.fidelities[0], augment=True)
+        dataset = _dataset(config, records, media, classes, candidate.fidelities[0],
+                           augment=Augment(flip=config.data.flip))
         failure: str | None = None
         try:
             outcome = run_lofi_stage(model, dataset, candidate, config, context,

@@ -130,7 +130,7 @@ def pretrain_encoder(
     torch.manual_seed(config.seed)
     encoder = build_encoder(backbone, bn_mode="train", device=device)
     model = ClipClassifier(encoder, len(classes)).to(device).train()
-    dataset = VideoDataset(usable, media, data.full_fidelity, classes, augment=Augment(flip=config.flip),
+    dataset = VideoDataset(usable, media, data.full_fidelity, classes, augment=Augment(flip=data.flip),
                            seed=config.seed, stride=data.stride)
     recipe = config.recipe
     optimizer = make_optimizer(model.parameters(), recipe)
@@ -169,7 +169,7 @@ def pretrain_encoder(
     outcome = PretrainOutcome(path, recipe.epochs, steps, seen, last_loss, accuracy, time.perf_counter() - started)
     atomic_write_json(path.with_name(MANIFEST_NAME), {
         "backbone": backbone, "classes": list(classes), "videos": len(usable), "fidelity": data.full_fidelity.label(),
-        "stride": data.stride, "config": asdict(config), "epochs": outcome.epochs, "steps": steps, "clips": seen,
+        "stride": data.stride, "flip": data.flip, "config": asdict(config), "epochs": outcome.epochs, "steps": steps, "clips": seen,
         "last_loss": last_loss, "train_accuracy": accuracy, "seconds": round(outcome.seconds, 2),
     })
     return outcome
@@ -189,6 +189,7 @@ def pretrain_key(backbone: str, data: DataConfig, config: PretrainConfig) -> str
     text = json.dumps({"version": PRETRAIN_VERSION, "backbone": backbone, "annotations": annotations,
                        "media": str(Path(data.media_root).resolve()), "frames": data.frames,
                        "subset": data.train_subset, "fidelity": asdict(data.full_fidelity), "stride": data.stride,
+                       "flip": data.flip,
                        "config": asdict(config)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -239,16 +240,13 @@ def pretrain_data(
                             device=device or torch.device("cpu"), progress=progress)
 
 
-def pretrain_request(resolved, *, epochs: int | None = None, lr: float | None = None, flip: bool | None = None,
-                     seed: int | None = None) -> PretrainConfig:
-    """The pre-training config for `resolved` data (lofi.train.setup.ResolvedData): the
-    synthetic recipe (defaults.SYNTH_PRETRAIN) with the given overrides; flips default
-    to on for the user's data and off for the synthetic set."""
+def pretrain_request(*, epochs: int | None = None, lr: float | None = None, seed: int | None = None) -> PretrainConfig:
+    """The pre-training config: the synthetic recipe (defaults.SYNTH_PRETRAIN) with the
+    given overrides."""
     from dataclasses import replace
 
     from lofi.train import defaults
 
     base = defaults.SYNTH_PRETRAIN
     recipe = replace(base.recipe, **{k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None})
-    flip = flip if flip is not None else not resolved.synthetic
-    return replace(base, recipe=recipe, flip=flip, seed=base.seed if seed is None else seed)
+    return replace(base, recipe=recipe, seed=base.seed if seed is None else seed)

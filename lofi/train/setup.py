@@ -26,6 +26,7 @@ class DataOptions:
     full_sr: int | None = None
     frames_per_snippet: int | None = None
     stride: int | None = None
+    flip: bool | None = None  # None: on, except for the synthetic data
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         data = DataConfig(
             annotations=str(paths.annotations), media_root=str(paths.videos_dir), classification=str(paths.classification),
             full_fidelity=_fidelity(options, full), stride=options.stride or defaults.SYNTH_STRIDE,
+            flip=defaults.SYNTH_FLIP if options.flip is None else options.flip,
         )
         synthetic = True
     else:
@@ -81,7 +83,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         data = DataConfig(
             annotations=options.annotations, media_root=str(root), frames=options.frames is not None,
             classification=options.classification, full_fidelity=_fidelity(options, Fidelity(100, 224, 8)),
-            stride=options.stride or 8,
+            stride=options.stride or 8, flip=True if options.flip is None else options.flip,
         )
         synthetic = False
     training = len(load_annotations(data.annotations, subsets=[data.train_subset]).records)

@@ -94,6 +94,11 @@ def lofi_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lofi", *args]
 
 
+def shown(command: list[str]) -> str:
+    """A command as the doc shows it (`python -m lofi ...`)."""
+    return " ".join(["python", *command[1:]])
+
+
 def data_args(root: Path, scale: Scale) -> list[str]:
     data = root / "data"
     return ["--annotations", str(data / "annotations.json"), "--videos", str(data / "videos"),
@@ -212,12 +217,12 @@ def headline(metrics: dict) -> dict[str, float]:
             "AUC": 100 * metrics["proposals"]["AUC"]}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], *, signed: bool = False) -> str:
+    """'mean ± sample std' with two decimals ('–' for none, the value for one)."""
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    mean = f"{statistics.mean(values):+.2f}" if signed else f"{statistics.mean(values):.2f}"
+    return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.2f}"
 
 
 def table_rows(settings: list[Setting], summaries: dict[str, list[dict]], official: dict[str, list[dict]]) -> list[str]:
@@ -233,12 +238,14 @@ def table_rows(settings: list[Setting], summaries: dict[str, list[dict]], offici
         memory = f"{planned[0] / 2**20:.0f} MiB" if planned and planned[0] else "–"
         rows.append(f"| {setting.label} | {len(runs)} | {mean_std([x['mAP'] for x in scores])} | "
                     f"{mean_std([x['AR@100'] for x in scores])} | {mean_std([x['AUC'] for x in scores])} | "
-                    f"{mean_std([e['mAP'] for e in ends])} ({mean_std(delta)}) | {mean_std(minutes)} | {memory} |")
+                    f"{mean_std([e['mAP'] for e in ends])} ({mean_std(delta, signed=True)}) | {mean_std(minutes)} | {memory} |")
     return rows
 
 
-def render(settings, summaries, official, commands: list[str], scale_name: str, seeds, started: float) -> str:
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+def render(settings, summaries, official, commands: list[str], scale_name: str, seeds, started: float,
+           load: float) -> str:
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f} when it started), "
+               f"Python {platform.python_version()}")
     try:
         import torch
 
@@ -286,7 +293,7 @@ def render(settings, summaries, official, commands: list[str], scale_name: str, 
               help="Markdown to write (default: docs/paper-tables.md at paper scale, ROOT/paper-tables.md otherwise).")
 @click.option("--only", multiple=True, help="Run only these settings (acp, s, t, st, c-long, c-short, full).")
 def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only: tuple[str, ...]) -> None:
-    started = time.time()
+    started, load = time.time(), os.getloadavg()[0]
     scale = SCALES[scale_name]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     root = (root or ROOT / "runs" / f"paper-tables-{scale_name}").resolve()
@@ -296,12 +303,12 @@ def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only:
     commands = []
 
     synth = lofi_command("data", "synth", "--out", str(root / "data"), *scale.synth)
-    commands.append(" ".join(synth[1:]))
+    commands.append(shown(synth))
     if not (root / "data" / "manifest.json").exists():
         run(synth + ["--force"], log)
     pretrain = lofi_command("pretrain", *data_args(root, scale), "--epochs", str(scale.pretrain_epochs),
                             "--out", str(root / "pretrained" / "encoder.pt"))
-    commands.append(" ".join(pretrain[1:]))
+    commands.append(shown(pretrain))
     run(pretrain, log)  # reuses complete weights
     from lofi.data.annotations import load_annotations
 
@@ -315,7 +322,7 @@ def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only:
         for setting in settings:
             run_dir = root / "runs" / run_name(setting, seed)
             command = train_command(root, scale, setting, seed, resume=(run_dir / "config.json").exists())
-            commands.append(" ".join(command[1:]).replace(" --resume", " --overwrite"))
+            commands.append(shown(command).replace(" --resume", " --overwrite"))
             summary = finished(run_dir)
             if summary is None:
                 seconds = run(command, log)
@@ -325,7 +332,8 @@ def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only:
                 summary = finished(run_dir)
             summaries.setdefault(setting.key, []).append(summary)
             official.setdefault(setting.key, []).append(official_end_metrics(run_dir))
-            atomic_write_text(out, render(settings, summaries, official, commands, scale_name, seed_list, started))
+            atomic_write_text(out, render(settings, summaries, official, commands, scale_name, seed_list, started,
+                                              load))
     click.echo(f"wrote {out}")
 
 

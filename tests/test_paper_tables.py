@@ -63,4 +63,4 @@ def test_table_rows_mean_and_std(bench):
     (row,) = bench.table_rows(settings, {"s": runs}, {"s": official})
     assert row.startswith("| S-LoFi 16/32 | 2 | 25.00 ± 7.07 | 50.00 ± 0.00 | 40.00 ± 0.00 | 23.50 ± 6.36 (-1.50 ± 0.71)")
     assert row.endswith("| 1.50 ± 0.71 | 3 MiB |")
-    assert bench.mean_std([]) == "–" and bench.mean_std([1.0]) == "1.00"
+    assert bench.mean_std([]) == "–" and bench.mean_std([1.0]) == "1.00" and bench.mean_std([1.0], signed=True) == "+1.00"

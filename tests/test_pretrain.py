@@ -47,7 +47,7 @@ def test_pretrain_then_acp_then_lofi_from_the_same_weights(tiny_data, tmp_path):
     # pretrain wrote torchvision-layout weights (classifier included) and its manifest
     assert summary["stages"]["pretrain"]["reused"] is False and weights.is_file()
     manifest = read_manifest(weights)
-    assert manifest["epochs"] == 1 and manifest["clips"] > 0 and manifest["classes"] == ["slide_right", "slide_up"]
+    assert manifest["epochs"] == 1 and manifest["clips"] > 0 and len(manifest["history"]) == 1 and manifest["classes"] == ["slide_right", "slide_up"]
     state = torch.load(weights, weights_only=True)
     assert state["fc.weight"].shape == (2, 512)
     encoder = build_encoder("tsm_r18", pretrained=str(weights))

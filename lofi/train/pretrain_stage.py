@@ -139,13 +139,14 @@ def pretrain_encoder(
     batches = -(-len(dataset) // config.videos_per_batch)
     progress.start("pretrain", batches * recipe.epochs)
     started = time.perf_counter()
-    steps, seen, last_loss, accuracy = 0, 0, None, None
+    steps, seen, last_loss, accuracy, history = 0, 0, None, None, []
     for epoch in range(recipe.epochs):
         dataset.set_epoch(epoch)
         rng = np.random.default_rng([config.seed, epoch])
         loader = DataLoader(dataset, batch_size=config.videos_per_batch, collate_fn=collate_clips,
                             shuffle=True, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         correct = total = 0
+        losses = []
         for batch in loader:
             clips, labels = batch_instances(batch, config.snippets_per_clip, rng)
             if clips.shape[0] == 0:
@@ -159,11 +160,14 @@ def pretrain_encoder(
             steps += 1
             seen += clips.shape[0]
             last_loss = float(loss.detach())
+            losses.append(last_loss)
             correct += int((logits.argmax(dim=1).cpu() == labels).sum())
             total += clips.shape[0]
             progress.advance(1, loss=last_loss, lr=optimizer.param_groups[0]["lr"])
         scheduler.step()
         accuracy = correct / total if total else None
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                        "train_accuracy": accuracy})
     progress.stop()
     path = save_weights(model.weights(), out)
     outcome = PretrainOutcome(path, recipe.epochs, steps, seen, last_loss, accuracy, time.perf_counter() - started)
@@ -171,6 +175,7 @@ def pretrain_encoder(
         "backbone": backbone, "classes": list(classes), "videos": len(usable), "fidelity": data.full_fidelity.label(),
         "stride": data.stride, "flip": data.flip, "config": asdict(config), "epochs": outcome.epochs, "steps": steps, "clips": seen,
         "last_loss": last_loss, "train_accuracy": accuracy, "seconds": round(outcome.seconds, 2),
+        "history": history,
     })
     return outcome
 

@@ -104,3 +104,23 @@ def test_lofi_pretrain_command_writes_weights_train_reads(tiny_data, tmp_path):
     build_encoder("tsm_r18", pretrained=str(out))
     bad = CliRunner().invoke(main, ["pretrain", "--annotations", str(tmp_path / "none.json"), "--videos", str(tmp_path)])
     assert bad.exit_code == 2 and "none.json" in bad.output
+
+
+def test_synthetic_runs_start_from_cached_pretraining_unless_from_scratch(tiny_data, tmp_path, monkeypatch):
+    from lofi.train import defaults
+    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+
+    monkeypatch.setenv("LOFI_CACHE", str(tmp_path / "cache"))
+    data = tiny_config(tiny_data).data
+    resolved = ResolvedData(data, synthetic=True, training_videos=4)
+    lofi = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=False)
+    acp = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=True)
+    assert lofi.pretrain == defaults.SYNTH_PRETRAIN and lofi.pretrained == acp.pretrained
+    assert lofi.pretrained.startswith(str(tmp_path / "cache" / "pretrained-")) and lofi.pretrained.endswith("encoder.pt")
+    scratch = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=False, from_scratch=True)
+    assert scratch.pretrain is None and scratch.pretrained is None
+    own = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained="w.pt", baseline=False)
+    assert own.pretrain is None and own.pretrained == "w.pt"
+    user = build_config(ResolvedData(data, synthetic=False, training_videos=4), tiny_plan(), RecipeOverrides(),
+                        pretrained=None, baseline=False)
+    assert user.pretrain is None and user.pretrained is None

@@ -4,14 +4,12 @@ meta / fake-tensor builds."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from benchmark_loader import load_benchmark
 from lofi.errors import OptionError
 from lofi.models.encoders import ENCODERS, build_encoder
 
@@ -218,11 +216,7 @@ def test_traces_under_fake_tensor_mode(name, policy):
 
 
 def test_checkpointing_benchmark_rows():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpointing.py"
-    spec = importlib.util.spec_from_file_location("checkpointing_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("checkpointing")
     size = bench.StepSize(batch=1, tr=2, frames=2, sr=32)
     rows = bench.measure_policies("tsm_r18", size, ("none", "chunk:1"), repeats=1, warmup=0)
     assert [row["policy"] for row in rows] == ["none", "chunk:1"]

@@ -3,24 +3,17 @@ commands it runs, which runs count as finished (resume), and the table it writes
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmark_loader import load_benchmark
 from planner.fidelity import Fidelity
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
-    spec = importlib.util.spec_from_file_location("paper_tables_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paper_tables")
 
 
 def test_settings_reduce_full_fidelity_as_the_paper(bench):

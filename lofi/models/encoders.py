@@ -16,9 +16,10 @@ Every encoder here shares:
   pre-training). `frozen` (`freeze_bn=True`, the default): every BN stays in eval mode
   (running statistics used, never updated) while its affine weight and bias still train.
   `partial`: official TSM `partialBN` (mit-han-lab/temporal-shift-module `ops/models.py`,
-  `TSN.train`): the first BN layer (the stem's `bn1`) stays in train mode with trainable
-  affine parameters; every other BN is in eval mode AND its weight and bias have
-  `requires_grad=False`, so optimizers built from trainable parameters skip them.
+  `TSN.train`): the first BN layer in module order (TSM-ResNet's `bn1`, R(2+1)D's stem BN)
+  stays in train mode with trainable affine parameters; every other BN is in eval mode
+  AND its weight and bias have `requires_grad=False`, so optimizers built from
+  trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
   `block`, `chunk:K` (see `encoder_checkpointing`). With frozen BN all three give the
   same outputs, gradients and (unchanged) running statistics. With BN in train mode,

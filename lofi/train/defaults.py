@@ -1,8 +1,9 @@
 """What `lofi train --auto` uses when the user gives no data and has no GPU: the
-synthetic dataset (lofi.data.synth), generated once into a cache folder, and a LoFi
-grid, recipe and time budget sized so that a whole run (LoFi stage, features, head,
-evaluation) finishes in about ten minutes on a 2-core CPU. The numbers it reaches are
-in docs/synthetic.md with the command that produced them."""
+synthetic dataset (lofi.data.synth), generated once into a cache folder, the
+action-classification pre-training of the encoder (cached too), and a LoFi grid, recipe
+and time budget sized so that a whole first run (data, pre-training, LoFi stage,
+features, head, evaluation) takes about ten minutes on a 2-core CPU. The numbers it
+reaches are in docs/synthetic.md with the command that produced them."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from lofi.cli import main
 from lofi.models.encoders import build_encoder
 from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import OptimConfig, PretrainConfig, config_from_dict, config_to_dict
+from lofi.train.config import OptimConfig, PretrainConfig, config_from_dict, config_to_dict, encoder_bn_mode
 from lofi.train.distributed import setup_distributed
 from lofi.train.pipeline import run_pipeline
 from lofi.train.pretrain_stage import instance_snippets, read_manifest
@@ -60,7 +60,8 @@ def test_pretrain_then_acp_then_lofi_from_the_same_weights(tiny_data, tmp_path):
     assert acp_run.results.exists() and len(summary["metrics"]["detection"]["mAP"]) == 10
 
     # LoFi from the same weights (not pre-trained again) with TSM partialBN
-    lofi = tiny_config(tiny_data, pretrained=str(weights), pretrain=TINY_PRETRAIN, freeze_bn=None, bn_mode="partial")
+    lofi = tiny_config(tiny_data, pretrained=str(weights), pretrain=TINY_PRETRAIN, freeze_bn=None)
+    assert encoder_bn_mode(lofi) == "partial"  # TSM partialBN: the default for pre-trained weights
     lofi_run = RunFolder(tmp_path / "lofi")
     summary = run_pipeline(lofi, tiny_plan(), lofi_run, context).summary
     assert summary["stages"]["pretrain"]["reused"] is True and summary["stages"]["lofi"]["steps"] == 4
@@ -77,9 +78,9 @@ def test_pretrain_then_acp_then_lofi_from_the_same_weights(tiny_data, tmp_path):
     assert lofi_run.results.exists()
 
 
-def test_lofi_from_pretrained_weights_freezes_every_bn_statistic_by_default(tiny_data, tmp_path):
+def test_lofi_from_pretrained_weights_with_frozen_bn_keeps_every_statistic(tiny_data, tmp_path):
     weights = tmp_path / "encoder.pt"
-    config = tiny_config(tiny_data, pretrained=str(weights), pretrain=TINY_PRETRAIN, freeze_bn=None)
+    config = tiny_config(tiny_data, pretrained=str(weights), pretrain=TINY_PRETRAIN, freeze_bn=None, bn_mode="frozen")
     run = RunFolder(tmp_path / "run")
     run_pipeline(config, tiny_plan(), run, setup_distributed(prefer_cuda=False), stages=("pretrain", "lofi"))
     start = torch.load(weights, weights_only=True)

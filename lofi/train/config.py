@@ -114,7 +114,7 @@ class TrainConfig:
                 raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-PRETRAINED_BN_MODE = "frozen"  # the LoFi stage's default for pre-trained weights (docs/encoder.md)
+PRETRAINED_BN_MODE = "partial"  # TSM partialBN: the LoFi stage's default for pre-trained weights (docs/synthetic.md)
 
 
 def encoder_bn_mode(config: TrainConfig) -> str:

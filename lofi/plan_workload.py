@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from lofi.models.encoder_checkpointing import run_segment
 from lofi.models.encoders import VideoEncoder
-from lofi.models.lofi_model import PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
+from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
 from planner.trace import active_recorder
@@ -84,7 +84,7 @@ class LofiWorkload:
 
     def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
         dims = [f.tr for f in spec.cycle] or [spec.fidelity.tr]
-        model = build_lofi_model(spec.backbone, spec.head, dims, freeze_bn=spec.batchnorm == "frozen",
+        model = build_lofi_model(spec.backbone, spec.head, dims, bn_mode=PLAN_BN_MODES[spec.batchnorm],
                                  checkpointing=spec.checkpointing, device=device)
         if model.encoder._chunk is not None:
             model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)

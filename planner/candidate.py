@@ -9,7 +9,7 @@ from planner.fidelity import Fidelity
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
-BATCHNORM = ("frozen", "trained")  # normalisation statistics kept fixed, or trained with the batch
+BATCHNORM = ("frozen", "trained", "partial")  # statistics fixed; trained with the batch; only the first layer trained, other affines fixed (TSM partialBN)
 
 
 def parse_checkpointing(policy: str) -> tuple[str, int | None]:

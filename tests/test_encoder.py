@@ -4,14 +4,12 @@ meta / fake-tensor builds."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from benchmark_loader import load_benchmark
 from lofi.errors import OptionError
 from lofi.models.encoders import ENCODERS, build_encoder
 
@@ -218,13 +216,44 @@ def test_traces_under_fake_tensor_mode(name, policy):
 
 
 def test_checkpointing_benchmark_rows():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpointing.py"
-    spec = importlib.util.spec_from_file_location("checkpointing_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("checkpointing")
     size = bench.StepSize(batch=1, tr=2, frames=2, sr=32)
     rows = bench.measure_policies("tsm_r18", size, ("none", "chunk:1"), repeats=1, warmup=0)
     assert [row["policy"] for row in rows] == ["none", "chunk:1"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["cpu_median_s"] > 0
     assert bench.render_table(rows, threads=1).row_count == 2
+
+
+def test_partial_bn_is_tsm_partialbn():
+    """TSM `partialBN`: the first BN trains (statistics and affine); every other BN keeps
+    its statistics and its affine parameters frozen, through any later train() call."""
+    encoder = build_encoder("tsm_r18", bn_mode="partial")
+    norms = encoder.batchnorms()
+    assert norms[0] is encoder.bn1 and encoder.bn_mode == "partial" and encoder.freeze_bn
+    encoder.eval().train()
+    assert encoder.bn1.training and encoder.bn1.weight.requires_grad
+    assert all(not m.training and not m.weight.requires_grad and not m.bias.requires_grad for m in norms[1:])
+    before = {n: b.clone() for n, b in encoder.named_buffers()}
+    frozen_affine = {n: p.detach().clone() for n, p in encoder.named_parameters() if not p.requires_grad}
+    assert len(frozen_affine) == 2 * (len(norms) - 1)
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.1)
+    encoder(_clips()).sum().backward()
+    optimizer.step()
+    assert not torch.equal(encoder.bn1.running_mean, before["bn1.running_mean"])
+    for name, buffer in encoder.named_buffers():
+        if not name.startswith("bn1."):
+            assert torch.equal(buffer, before[name]), name
+    for name, parameter in encoder.named_parameters():
+        if name in frozen_affine:
+            assert parameter.grad is None and torch.equal(parameter, frozen_affine[name]), name
+    assert not torch.equal(encoder.layer1[0].conv1.weight.grad, torch.zeros_like(encoder.layer1[0].conv1.weight))
+
+
+def test_bn_modes_switch_and_reject_unknown():
+    encoder = build_encoder("tsm_r18", bn_mode="partial")
+    encoder.set_bn_mode("frozen")
+    assert all(m.weight.requires_grad and not m.training for m in encoder.batchnorms())
+    encoder.set_bn_mode("train")
+    assert all(m.training for m in encoder.batchnorms()) and not encoder.freeze_bn
+    with pytest.raises(OptionError, match="unknown BatchNorm mode 'half'"):
+        encoder.set_bn_mode("half")

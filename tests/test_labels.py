@@ -79,3 +79,19 @@ def test_targets_to_tensors():
     assert start.dtype == torch.float32
     torch.testing.assert_close(iou[0], torch.from_numpy(tgs[0].iou_map))
     assert isinstance(tgs[0], Targets)
+
+
+def test_gtad_boundary_regions_span_two_snippets():
+    # G-TAD gtad_lib/dataset.py: boundary index k covers [(k - 0.5)/T, (k + 1.5)/T];
+    # lofi's end[j] is boundary index j + 1. T = 4, action [2, 6] s of 10 s as above.
+    tg = make_targets(np.array([[2.0, 6.0]]), 10.0, 4, head="gtad")
+    # start GT region [-0.175, 0.575]; start anchors [(i-.5)/4, (i+1.5)/4], length .5
+    #   i=0 [-.125,.375] -> 1; i=1 [.125,.625] -> .45/.5; i=2 [.375,.875] -> .2/.5; i=3 [.625,1.125] -> 0
+    np.testing.assert_allclose(tg.start, [1.0, 0.9, 0.4, 0.0], atol=1e-6)
+    # end GT region [0.225, 0.975]; end anchors [(j+.5)/4, (j+2.5)/4]
+    #   j=0 [.125,.625] -> .4/.5; j=1 [.375,.875] -> 1; j=2 [.625,1.125] -> .35/.5; j=3 [.875,1.375] -> .1/.5
+    np.testing.assert_allclose(tg.end, [0.8, 1.0, 0.7, 0.2], atol=1e-6)
+    bmn = make_targets(np.array([[2.0, 6.0]]), 10.0, 4, head="bmn")
+    np.testing.assert_array_equal(bmn.iou_map, tg.iou_map)  # only the boundary regions differ
+    with pytest.raises(ValueError, match="unknown head 'tad'"):
+        make_targets(np.array([[2.0, 6.0]]), 10.0, 4, head="tad")

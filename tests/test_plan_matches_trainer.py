@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lofi.data.dataset import ClipBatch
-from lofi.models.lofi_model import build_lofi_model
+from lofi.models.lofi_model import PLAN_BN_MODES, build_lofi_model
 from lofi.plan_workload import lofi_workload
 from lofi.train.config import OptimConfig
 from lofi.train.lofi_stage import _micro_step, make_optimizer
@@ -55,7 +55,7 @@ def _trainer_allocated_peak(candidate: Candidate, recipe: OptimConfig) -> int:
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_lofi_model(candidate.backbone, candidate.head, [f.tr for f in candidate.fidelities],
-                             freeze_bn=candidate.batchnorm == "frozen", checkpointing=candidate.checkpointing,
+                             bn_mode=PLAN_BN_MODES[candidate.batchnorm], checkpointing=candidate.checkpointing,
                              device=device)
     config = tiny_config(_Paths)
     recorder = Recorder(compress=False, cache=False, exclusive=_exclusive(device))
@@ -82,6 +82,7 @@ def _trainer_allocated_peak(candidate: Candidate, recipe: OptimConfig) -> int:
     [
         ("adam", OptimConfig("adam", lr=1e-3, epochs=1), "trained", "none"),
         ("sgd_momentum", OptimConfig("sgd", lr=0.1, epochs=1, momentum=0.9), "frozen", "block"),
+        ("sgd", OptimConfig("sgd", lr=0.1, epochs=1), "partial", "none"),
     ],
 )
 def test_trainer_step_allocates_the_planned_peak(optimizer, recipe, batchnorm, checkpointing):

@@ -173,3 +173,16 @@ def test_detection_entries_fuse_top2_classes():
     assert len(detection_entries(props, np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], top_k_classes=1)) == 2
     with pytest.raises(ValueError, match="3 class scores but 2 class names"):
         detection_entries(props, np.array([0.1, 0.6, 0.3]), ["a", "b"])
+
+
+def test_official_end_rule_never_ends_after_the_last_snippet_start():
+    t, dur = 6, 12.0
+    cmap = np.random.default_rng(4).uniform(0.1, 1, (2, t, t))
+    ones = np.ones(t)
+    lofi = proposals_from_output(ones, ones, cmap, dur, "gtad")
+    official = proposals_from_output(ones, ones, cmap, dur, "gtad", end_rule="official")
+    # the T anchors ending at 1 (s + d + 1 = T) are dropped; nothing ends after (T-1)/T
+    assert len(lofi) - len(official) == t and official[:, 1].max() == pytest.approx(dur * (t - 1) / t)
+    assert lofi[:, 1].max() == pytest.approx(dur)
+    with pytest.raises(OptionError, match="unknown proposal end rule 'last'"):
+        proposals_from_output(ones, ones, cmap, dur, "bmn", end_rule="last")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "eval": "lofi.cli.eval_cmd:eval_command",
     "gpus": "lofi.cli.gpus_cmd:gpus",
     "plan": "lofi.cli.plan_cmd:plan",
+    "pretrain": "lofi.cli.pretrain_cmd:pretrain",
     "report": "lofi.cli.report_cmd:report",
     "train": "lofi.cli.train_cmd:train",
 }

@@ -46,8 +46,9 @@ MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two 
 @click.option("--allocator", type=click.Choice(["default", "expandable", "both"]), default="default", show_default=True,
               help="PyTorch's caching allocator settings to plan for: expandable = "
                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; both = try each.")
-@click.option("--batchnorm", type=click.Choice(["frozen", "trained"]), default="frozen", show_default=True,
-              help="BatchNorm in training: frozen (a pre-trained encoder, the paper) or trained (random init).")
+@click.option("--batchnorm", type=click.Choice(["partial", "frozen", "trained"]), default="partial", show_default=True,
+              help="BatchNorm in training: partial (TSM's partialBN, lofi train's default for pre-trained "
+                   "weights), frozen (statistics fixed, affine trained) or trained (random init).")
 def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, precision, checkpointing,
          global_batch, no_accumulation, optimizer, margin, videos, annotations, out, as_json, measure, show_all,
          max_epoch_hours, allocator, batchnorm) -> None:

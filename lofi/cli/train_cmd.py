@@ -8,14 +8,16 @@ from pathlib import Path
 
 import click
 
-STAGE_NAMES = ("lofi", "features", "head", "eval")
+STAGE_NAMES = ("pretrain", "lofi", "features", "head", "eval")
 
 
 @click.command()
 @click.option("--auto", is_flag=True, help="Plan for the hardware found here (no GPU: the CPU), then train.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), help="Train the plan in this plan.json.")
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGE_NAMES), help="Run only this stage (repeatable).")
-@click.option("--baseline", is_flag=True, help="Skip the LoFi stage: frozen encoder (the paper's ACP baseline).")
+@click.option("--baseline", is_flag=True, help="Skip the LoFi stage: frozen pre-trained encoder (the paper's ACP baseline).")
+@click.option("--from-scratch", is_flag=True,
+              help="Synthetic data: no action-classification pre-training; the encoder starts from random init.")
 @click.option("--resume", is_flag=True, help="Continue the run in runs/NAME from its checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Start runs/NAME afresh, deleting what is there.")
 @click.option("--force", is_flag=True, help="Train a plan made for other hardware than found here.")
@@ -30,6 +32,7 @@ STAGE_NAMES = ("lofi", "features", "head", "eval")
 @click.option("--full-sr", type=int, help="Frame size at full fidelity (default 224; synthetic 64).")
 @click.option("--frames-per-snippet", type=int, help="Frames per snippet (default 8; synthetic 4).")
 @click.option("--stride", type=int, help="Source frames between a snippet's frames (default 8).")
+@click.option("--flip/--no-flip", default=None, help="Horizontal flips in training (default: on; off on synthetic data).")
 @click.option("--gpu", "gpu_name", default="auto", show_default=True, help="Plan for this profile (auto: the GPU here, else the CPU).")
 @click.option("--gpus", type=int, default=1, show_default=True, help="Processes (GPUs) to train with; >1 launches torchrun.")
 @click.option("--margin", type=float, default=0.10, show_default=True, help="Memory kept free when planning.")
@@ -54,6 +57,10 @@ STAGE_NAMES = ("lofi", "features", "head", "eval")
               help="Let --optimizer/--momentum/--freeze-bn/--train-bn differ from the plan (recorded in config.json).")
 @click.option("--freeze-bn/--train-bn", default=None,
               help="BatchNorm statistics frozen or trained (default: frozen with --pretrained, trained without).")
+@click.option("--bn-mode", type=click.Choice(["train", "frozen", "partial"]),
+              help="Encoder BatchNorm in the LoFi stage (partial: TSM partialBN); overrides --freeze-bn.")
+@click.option("--proposal-end", type=click.Choice(["lofi", "official"]),
+              help="official: no proposal ends after (T-1)/T, as the BMN/G-TAD loops (default lofi).")
 def train(**options) -> None:
     """Plan, then train LoFi end to end, extract full-fidelity features, train the head,
     evaluate. With no data options it uses a small synthetic dataset."""

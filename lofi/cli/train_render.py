@@ -65,6 +65,11 @@ def _seconds(value: float | None) -> str:
 
 
 def _details(name: str, values: dict[str, Any]) -> str:
+    if name == "pretrain":
+        accuracy = values.get("train_accuracy")
+        text = "cached weights reused" if values.get("reused") else f"{values.get('epochs')} epochs"
+        text += f", train accuracy {accuracy:.0%}" if accuracy is not None else ""
+        return f"{text}: {values.get('weights')}"
     if name == "lofi":
         text = f"{values.get('candidate')}; {values.get('steps')} steps, last loss {_num(values.get('last_loss'))}"
         if values.get("peak_reserved_bytes") is not None:

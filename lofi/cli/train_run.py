@@ -97,7 +97,8 @@ def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
     from lofi.train.setup import DataOptions, resolve_data
 
     data = DataOptions(options["annotations"], options["videos_dir"], options["frames_dir"], options["classification"],
-                       options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"])
+                       options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"],
+                       flip=options.get("flip"))
     if quiet:
         return resolve_data(data)
     if data.annotations is None:
@@ -110,12 +111,13 @@ def _resolve_data(options: dict[str, Any], *, quiet: bool = False):
 def _auto_plan(options: dict[str, Any], resolved, gpus: int | None = None, nodes: int = 1):
     """Plan for `gpus` per node x `nodes` (default: --gpus on one node) with the data
     options given, whatever the world size."""
-    from lofi.train.setup import PlanOptions, auto_plan
+    from lofi.train.setup import PlanOptions, auto_plan, planned_batchnorm
 
-    frozen = options["freeze_bn"] if options["freeze_bn"] is not None else options["pretrained"] is not None
     plan_options = PlanOptions(options["gpu_name"], gpus or options["gpus"], nodes, options["margin"],
                                options["max_epoch_hours"], tuple(options["backbones"]), options["head"],
-                               batchnorm="frozen" if frozen else "trained")
+                               batchnorm=planned_batchnorm(resolved, options["bn_mode"], options["freeze_bn"],
+                                                           pretrained=options["pretrained"] is not None,
+                                                           from_scratch=options["from_scratch"]))
     with _bar("planning") as advance:
         plan, notices = auto_plan(resolved, plan_options, progress=advance)
     for notice in notices:
@@ -169,7 +171,7 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
             if not options["plan_path"] and not context.is_main:
                 plan = load_plan(run.plan)
             config = build_config(resolved, plan, _overrides(options), pretrained=options["pretrained"],
-                                  baseline=options["baseline"])
+                                  baseline=options["baseline"], from_scratch=options["from_scratch"])
         check_world(plan, context.gpus_per_node, context.nodes)
         check_plan(plan, config, context.device, force=options["force"] or (options["resume"] and stored),
                    notify=_note if context.is_main else None)  # a resumed run's plan was accepted at its start
@@ -205,7 +207,8 @@ def _overrides(options: dict[str, Any]):
     head = {"epochs": options["head_epochs"], "lr": options["head_lr"]}
     config = {"head_batch": options["head_batch"], "cycle": options["cycle"], "seed": options["seed"],
               "num_workers": options["workers"], "checkpoint_every": options["checkpoint_every"],
-              "freeze_bn": options["freeze_bn"], "override_plan": options["override_plan"]}
+              "freeze_bn": options["freeze_bn"], "bn_mode": options["bn_mode"],
+              "proposal_end": options["proposal_end"], "override_plan": options["override_plan"]}
     return RecipeOverrides(lofi, head, config)
 
 

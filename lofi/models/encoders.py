@@ -9,13 +9,20 @@ Every encoder here shares:
   then normalised with the mean/std of the backbone's pre-training inside the model, in
   the model's parameter dtype. Any TR >= 1, F >= 1, SR >= 32.
 - output: (B, C, TR), C = `out_channels`; the classifier (fc) is dropped.
-- frozen BatchNorm by default (`freeze_bn=True`): BN layers stay in eval mode even in
-  `train()` (running statistics are used and never updated); their affine weights stay
-  trainable. This is how TSM fine-tunes (official `partialBN`) and what a batch of one or
-  two long videos per GPU needs.
+- BatchNorm mode (`bn_mode`, set at build time through `freeze_bn` or later with
+  `set_bn_mode`), kept through every `train()` call:
+  `train`: every BN normalises with batch statistics and updates its running ones; all
+  affine parameters train (training from random init, and action-classification
+  pre-training). `frozen` (`freeze_bn=True`, the default): every BN stays in eval mode
+  (running statistics used, never updated) while its affine weight and bias still train.
+  `partial`: official TSM `partialBN` (mit-han-lab/temporal-shift-module `ops/models.py`,
+  `TSN.train`): the first BN layer in module order (TSM-ResNet's `bn1`, R(2+1)D's stem BN)
+  stays in train mode with trainable affine parameters; every other BN is in eval mode
+  AND its weight and bias have `requires_grad=False`, so optimizers built from
+  trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
   `block`, `chunk:K` (see `encoder_checkpointing`). With frozen BN all three give the
-  same outputs, gradients and (unchanged) running statistics. With `freeze_bn=False`,
+  same outputs, gradients and (unchanged) running statistics. With BN in train mode,
   `block` is still equivalent (recomputation never updates running statistics twice);
   `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
   batches": running statistics get one update per chunk), so it is *not* equivalent.
@@ -39,6 +46,7 @@ from lofi.models.encoder_checkpointing import parse_policy, run_segment
 from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
 
 # ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
+BN_MODES = ("train", "frozen", "partial")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Kinetics-400 statistics of torchvision's video models (references/video_classification).
@@ -63,7 +71,7 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.name = name
         self.out_channels = out_channels
-        self.freeze_bn = freeze_bn
+        self.bn_mode = "frozen" if freeze_bn else "train"
         # Not persistent: state dicts hold exactly the torchvision weights.
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
@@ -93,14 +101,37 @@ class VideoEncoder(nn.Module):
             return run_segment(block, block, x, *args)
         return block(x, *args)
 
-    # -- frozen BatchNorm ---------------------------------------------------------------
+    # -- BatchNorm modes ----------------------------------------------------------------
+
+    @property
+    def freeze_bn(self) -> bool:
+        """True unless every BN trains its statistics (`bn_mode == "train"`)."""
+        return self.bn_mode != "train"
+
+    def batchnorms(self) -> list[_BatchNorm]:
+        """The BN layers in module order; the first is the stem's (TSM's `partialBN` count)."""
+        return [m for m in self.modules() if isinstance(m, _BatchNorm)]
+
+    def set_bn_mode(self, mode: str) -> VideoEncoder:
+        """`train`, `frozen` or `partial` (see the module docstring); applies at once and
+        on every later `train()`."""
+        if mode not in BN_MODES:
+            raise OptionError(f"unknown BatchNorm mode {mode!r}; choose one of {', '.join(BN_MODES)}")
+        self.bn_mode = mode
+        for index, module in enumerate(self.batchnorms()):
+            trainable = mode != "partial" or index == 0
+            for parameter in (module.weight, module.bias):
+                if parameter is not None:
+                    parameter.requires_grad_(trainable)
+        return self.train(self.training)
 
     def train(self, mode: bool = True) -> VideoEncoder:
         super().train(mode)
-        if self.freeze_bn:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+        if self.bn_mode == "train":
+            return self
+        for index, module in enumerate(self.batchnorms()):
+            if self.bn_mode == "frozen" or index > 0:
+                module.eval()
         return self
 
     # -- forward ------------------------------------------------------------------------
@@ -192,13 +223,15 @@ def build_encoder(
     *,
     pretrained: str | os.PathLike | None = None,
     freeze_bn: bool = True,
+    bn_mode: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> VideoEncoder:
     """Build encoder `name` (a key of ENCODERS) with random init, or with the weights of a
     local checkpoint `pretrained` (torchvision or TSM layout, see `lofi.models.pretrained`;
-    the load report is kept as `encoder.pretrained_report`). `device="meta"` builds
-    without memory. Never downloads anything."""
+    the load report is kept as `encoder.pretrained_report`). BatchNorm: `bn_mode`
+    (`train|frozen|partial`) when given, else `frozen` if `freeze_bn` else `train`.
+    `device="meta"` builds without memory. Never downloads anything."""
     if name not in ENCODERS:
         raise OptionError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODERS)}")
     if device is None:
@@ -212,4 +245,6 @@ def build_encoder(
         from lofi.models.pretrained import load_pretrained
 
         encoder.pretrained_report = load_pretrained(encoder, pretrained)
+    if bn_mode is not None:
+        encoder.set_bn_mode(bn_mode)
     return encoder

@@ -11,12 +11,19 @@ Anchor convention (T = temporal_dim snippets over the video's normalised time [0
 * the anchor is valid iff s + d + 1 <= T (LoFi: 0 <= t_s < t_e <= T; G-TAD/BMN
   `get_mask`: row d has T - d valid entries). Invalid anchors are masked in the loss
   and never proposed.
-* start[i] scores a boundary at time i/T; its target region is [(i-0.5)/T, (i+0.5)/T]
-  (BMN `dataset.py`: anchor_xmin/anchor_xmax).
-* end[j] scores a boundary at time (j+1)/T, target region [(j+0.5)/T, (j+1.5)/T].
-  BMN indexes ends at j/T instead, which leaves the video's last instant without an end
-  score (its inference needs `end_index < tscale`); shifting by one snippet gives every
-  valid anchor (d, s) its start score at start[s] and its end score at end[s+d].
+* start[i] scores a boundary at time k/T with k = i; end[j] one at time k/T with
+  k = j + 1. BMN and G-TAD index ends at j/T instead, which leaves the video's last
+  instant without an end score (their inference needs `end_index < tscale`); shifting by
+  one snippet gives every valid anchor (d, s) its start score at start[s] and its end
+  score at end[s+d].
+* the target region of the boundary index k depends on the head (`BOUNDARY_REGIONS`,
+  in snippets around k):
+  - `bmn`: [(k-0.5)/T, (k+0.5)/T], one snippet centred on the boundary (BMN
+    `dataset.py`, anchor_xmin/anchor_xmax of its 2020 code);
+  - `gtad`: [(k-0.5)/T, (k+1.5)/T], two snippets (G-TAD `gtad_lib/dataset.py`,
+    `_get_match_map`: anchor_xmin = gap (i - 0.5), anchor_xmax = gap (i + 1.5)).
+  So start[i] covers [(i-0.5)/T, (i+0.5)/T] (bmn) or [(i-0.5)/T, (i+1.5)/T] (gtad), and
+  end[j] covers [(j+0.5)/T, (j+1.5)/T] (bmn) or [(j+0.5)/T, (j+2.5)/T] (gtad).
 
 Targets (BMN `dataset.py::_get_train_label`):
 * iou_map[d, s] = max over ground truths of tIoU(anchor, gt); 0 for invalid anchors.
@@ -33,6 +40,8 @@ import numpy as np
 import torch
 
 BOUNDARY_REGION_SNIPPETS = 3.0  # BMN: gt_len_small = 3 * temporal_gap
+# (left, right) extent in snippets of the region of boundary index k: [(k - l)/T, (k + r)/T]
+BOUNDARY_REGIONS = {"bmn": (0.5, 0.5), "gtad": (0.5, 1.5)}
 
 
 class Targets(NamedTuple):
@@ -94,9 +103,13 @@ def interval_ioa(a_start, a_end, b_start, b_end) -> np.ndarray:
     return inter / (a_end - a_start)
 
 
-def make_targets(segments: np.ndarray, duration: float, temporal_dim: int) -> Targets:
-    """Targets for one video from its ground-truth segments (N, 2) in seconds."""
+def make_targets(segments: np.ndarray, duration: float, temporal_dim: int, *, head: str = "bmn") -> Targets:
+    """Targets for one video from its ground-truth segments (N, 2) in seconds; `head`
+    picks the boundary regions (`BOUNDARY_REGIONS`)."""
     t = _check_temporal_dim(temporal_dim)
+    if head not in BOUNDARY_REGIONS:
+        raise ValueError(f"unknown head {head!r} for boundary labels; choose one of {', '.join(BOUNDARY_REGIONS)}")
+    left, right = BOUNDARY_REGIONS[head]
     gt = normalised_segments(segments, duration)  # (G, 2)
     if len(gt) == 0:
         zeros = np.zeros(t, dtype=np.float32)
@@ -110,8 +123,9 @@ def make_targets(segments: np.ndarray, duration: float, temporal_dim: int) -> Ta
     half = BOUNDARY_REGION_SNIPPETS / (2.0 * t)
     i = np.arange(t, dtype=np.float64)[None, :]  # (1, T)
     b_start, b_end = gt[:, 0, None], gt[:, 1, None]  # (G, 1)
-    start = interval_ioa((i - 0.5) / t, (i + 0.5) / t, b_start - half, b_start + half).max(axis=0)
-    end = interval_ioa((i + 0.5) / t, (i + 1.5) / t, b_end - half, b_end + half).max(axis=0)
+    start = interval_ioa((i - left) / t, (i + right) / t, b_start - half, b_start + half).max(axis=0)
+    k = i + 1.0  # end[j] scores the boundary index j + 1
+    end = interval_ioa((k - left) / t, (k + right) / t, b_end - half, b_end + half).max(axis=0)
     return Targets(start.astype(np.float32), end.astype(np.float32), iou_map.astype(np.float32))
 
 

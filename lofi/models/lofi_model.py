@@ -34,6 +34,15 @@ class LoFiModel(nn.Module):
         return self.head(features)
 
 
+# The plan's BatchNorm names (planner.candidate.BATCHNORM) -> the encoder's bn_mode.
+PLAN_BN_MODES = {"frozen": "frozen", "trained": "train", "partial": "partial"}
+
+
+def plan_bn_name(bn_mode: str) -> str:
+    """The plan's name for an encoder bn_mode (the inverse of PLAN_BN_MODES)."""
+    return {mode: name for name, mode in PLAN_BN_MODES.items()}[bn_mode]
+
+
 def build_lofi_model(
     backbone: str,
     head: str,
@@ -41,13 +50,14 @@ def build_lofi_model(
     *,
     pretrained: str | None = None,
     freeze_bn: bool = True,
+    bn_mode: str | None = None,
     checkpointing: str = "none",
     device: torch.device | str | None = None,
 ) -> LoFiModel:
     """The end-to-end model for a candidate, in train mode: the head takes every T in
     `temporal_dims` (the TR of each fidelity of a C-LoFi cycle in cycle order, or just
-    one)."""
-    encoder = build_encoder(backbone, pretrained=pretrained, freeze_bn=freeze_bn, device=device)
+    one). BatchNorm: `bn_mode` (train|frozen|partial) when given, else from `freeze_bn`."""
+    encoder = build_encoder(backbone, pretrained=pretrained, freeze_bn=freeze_bn, bn_mode=bn_mode, device=device)
     encoder.set_grad_checkpointing(checkpointing)
     first, *others = dict.fromkeys(temporal_dims)  # unique, in order
     tal_head = build_head(head, in_channels=encoder.out_channels, temporal_dim=first,

@@ -9,6 +9,11 @@ Proposal generation (BMN `main.py::BMN_inference`, G-TAD `gtad_inference.py`):
   proposal [s/T, (s+d+1)/T] * duration;
 * score = cls * reg (G-TAD), start[s] * end[s+d] * cls * reg (BMN).
 
+End rule (`end_rule`): `lofi` (the default) proposes every valid anchor, up to the
+video's last instant. `official` reproduces the loops of BMN `post_processing`/inference
+and G-TAD `gtad_inference.py` (`if end_index < tscale`, end time end_index / T): no
+proposal ends after (T-1)/T, i.e. anchors with s + d + 1 = T are dropped.
+
 Class fusion (G-TAD `gtad_postprocess.py::_gen_detection_video`, ActivityNet): each kept
 proposal is paired with each of the video's top-2 classes from a video-level
 classifier, score = proposal score * class score."""
@@ -23,6 +28,7 @@ from lofi.errors import OptionError
 from lofi.models.labels import valid_anchor_mask
 
 PEAK_FRACTION = 0.5
+END_RULES = ("lofi", "official")
 
 
 def boundary_candidates(prob: np.ndarray, *, always: int) -> np.ndarray:
@@ -35,12 +41,15 @@ def boundary_candidates(prob: np.ndarray, *, always: int) -> np.ndarray:
 
 
 def proposals_from_output(
-    start: np.ndarray, end: np.ndarray, confidence_map: np.ndarray, duration: float, head: str
+    start: np.ndarray, end: np.ndarray, confidence_map: np.ndarray, duration: float, head: str,
+    *, end_rule: str = "lofi",
 ) -> np.ndarray:
     """start, end (T,), confidence_map (2, T, T) [reg, cls] x (duration, start) ->
     proposals (N, 3) [start_s, end_s, score], clipped to [0, duration], unsorted."""
     if head not in ("gtad", "bmn"):
         raise OptionError(f"unknown TAL head {head!r} for post-processing; choose gtad or bmn")
+    if end_rule not in END_RULES:
+        raise OptionError(f"unknown proposal end rule {end_rule!r}; choose one of {', '.join(END_RULES)}")
     start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     cmap = np.asarray(confidence_map, dtype=np.float64)
     t = start.shape[0]
@@ -50,6 +59,8 @@ def proposals_from_output(
     d, s = np.nonzero(valid_anchor_mask(t))  # valid anchors only
     e = s + d  # end index (see labels: end[j] scores time (j + 1) / T)
     keep = boundary_candidates(start, always=0)[s] & boundary_candidates(end, always=t - 1)[e]
+    if end_rule == "official":
+        keep &= e + 1 < t  # official loops: end_index < tscale
     d, s, e = d[keep], s[keep], e[keep]
     score = cmap[1, d, s] * cmap[0, d, s]
     if head == "bmn":

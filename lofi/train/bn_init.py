@@ -9,17 +9,20 @@ the statistics of their checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 
 @torch.no_grad()
-def estimate_batchnorm_statistics(encoder: nn.Module, clips: Iterable[torch.Tensor], device: torch.device) -> int:
-    """Set every BatchNorm's running mean/variance to the average over `clips`
-    ((B, TR, F, 3, SR, SR) batches); returns the number of clips used."""
-    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def estimate_batchnorm_statistics(encoder: nn.Module, clips: Iterable[torch.Tensor], device: torch.device,
+                                  *, norms: Sequence[nn.Module] | None = None) -> int:
+    """Set the running mean/variance of every BatchNorm (or of `norms` only; the others
+    keep their mode) to the average over `clips` ((B, TR, F, 3, SR, SR) batches);
+    returns the number of clips used."""
+    if norms is None:
+        norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training = encoder.training
     momenta = [m.momentum for m in norms]
     for module in norms:

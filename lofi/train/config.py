@@ -58,10 +58,27 @@ class DataConfig:
     eval_subset: str = "validation"
     full_fidelity: Fidelity = Fidelity(100, 224)  # feature extraction and head training
     stride: int = 8  # source frames between a snippet's frames (paper: 64 frames -> 8)
+    flip: bool = True  # horizontal flips in training (off where a mirrored motion is another class)
 
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise OptionError(f"stride (--stride) must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Action-classification pre-training of the encoder (the paper's ACP stage, on the
+    trimmed instances of the training subset; lofi/train/pretrain_stage.py)."""
+
+    recipe: OptimConfig
+    snippets_per_clip: int = 2  # snippets drawn inside an instance, averaged (TSN consensus)
+    videos_per_batch: int = 4  # videos decoded per step; their instances form the batch
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("snippets_per_clip", "videos_per_batch"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"pretrain {name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,7 @@ class TrainConfig:
     cycle: str = "long"  # C-LoFi: "long" changes fidelity every epoch, "short" every 16 batches
     short_cycle_batches: int = 16
     pretrained: str | None = None
+    pretrain: PretrainConfig | None = None  # set: the pretrain stage makes `pretrained` if absent
     freeze_bn: bool | None = None  # None: frozen for a pre-trained encoder, trained for a random one
     feature_batch: int = 8
     checkpoint_every: int = 50  # optimizer steps between checkpoints (and at each epoch end)
@@ -86,10 +104,16 @@ class TrainConfig:
     top_k_classes: int = 2
     alloc_conf: str | None = None  # PYTORCH_CUDA_ALLOC_CONF the plan trains with (None: PyTorch's default)
     plan_overrides: tuple[str, ...] = ()  # plan fields the user overrode (--override-plan), "field: plan -> used"
+    proposal_end: str = "lofi"  # "official": no proposal ends after (T-1)/T (BMN/G-TAD loops)
+    bn_mode: str | None = None  # train|frozen|partial; None: from freeze_bn / pretrained (encoder_bn_mode())
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan_overrides", tuple(self.plan_overrides))  # a JSON list when loaded
+        if self.proposal_end not in ("lofi", "official"):
+            raise OptionError(f"proposal_end must be lofi or official, got {self.proposal_end!r}")
+        if self.bn_mode not in (None, *BN_MODES):
+            raise OptionError(f"bn_mode must be train, frozen or partial, got {self.bn_mode!r}")
         if self.cycle not in ("long", "short"):
             raise OptionError(f"cycle must be long or short, got {self.cycle!r}")
         for name in ("head_batch", "feature_batch", "checkpoint_every", "log_every", "short_cycle_batches"):
@@ -99,11 +123,38 @@ class TrainConfig:
             raise OptionError(f"num_workers (--workers) must be >= 0, got {self.num_workers}")
 
 
+BN_MODES = ("train", "frozen", "partial")  # lofi.models.encoders' BatchNorm modes
+PRETRAINED_BN_MODE = "partial"  # TSM partialBN: the LoFi stage's default for pre-trained weights (docs/synthetic.md)
+
+
+def requested_bn_mode(bn_mode: str | None, freeze_bn: bool | None) -> str | None:
+    """The BatchNorm mode the user asked for: --bn-mode, else --freeze-bn/--train-bn,
+    else None (the default: `default_bn_mode`)."""
+    if bn_mode is not None:
+        return bn_mode
+    if freeze_bn is not None:
+        return "frozen" if freeze_bn else "train"
+    return None
+
+
+def default_bn_mode(pretrained: bool) -> str:
+    """PRETRAINED_BN_MODE for a pre-trained encoder (its statistics are good and a video
+    batch is tiny), `train` for a random one, which needs batch statistics to learn."""
+    return PRETRAINED_BN_MODE if pretrained else "train"
+
+
+def encoder_bn_mode(config: TrainConfig) -> str:
+    """The encoder's BatchNorm mode in the LoFi stage (lofi.models.encoders): `bn_mode`
+    if given, else `frozen`/`train` from `freeze_bn`, else PRETRAINED_BN_MODE for a
+    pre-trained encoder (its statistics are good and a video batch is tiny) and `train`
+    for a random one, which needs batch statistics to learn (docs/synthetic.md)."""
+    return requested_bn_mode(config.bn_mode, config.freeze_bn) or default_bn_mode(config.pretrained is not None)
+
+
 def bn_frozen(config: TrainConfig) -> bool:
-    """BatchNorm is frozen for a pre-trained encoder (its statistics are good and a video
-    batch is tiny); an encoder trained from random init needs batch statistics to learn
-    (docs/synthetic.md), and gets precise statistics re-estimated before features."""
-    return config.freeze_bn if config.freeze_bn is not None else config.pretrained is not None
+    """True unless every BatchNorm layer trains its statistics in the LoFi stage; trained
+    statistics are re-estimated at full fidelity before features."""
+    return encoder_bn_mode(config) != "train"
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -125,7 +176,8 @@ def load_config(path: str | Path) -> TrainConfig:
     return config_from_dict(document, str(path))
 
 
-_NESTED = {"data": DataConfig, "lofi": OptimConfig, "head_stage": OptimConfig, "full_fidelity": Fidelity}
+_NESTED = {"data": DataConfig, "lofi": OptimConfig, "head_stage": OptimConfig, "full_fidelity": Fidelity,
+           "pretrain": PretrainConfig, "recipe": OptimConfig}
 
 
 def _build(cls, document: Any, where: str):
@@ -138,7 +190,7 @@ def _build(cls, document: Any, where: str):
     values = {}
     for key, value in document.items():
         nested = _NESTED.get(key)
-        values[key] = _build(nested, value, f"{where}.{key}") if nested else value
+        values[key] = _build(nested, value, f"{where}.{key}") if nested and value is not None else value
     try:
         return cls(**values)
     except TypeError as error:

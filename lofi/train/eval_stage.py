@@ -85,6 +85,7 @@ def predict(
     *,
     device: torch.device,
     top_k: int = 100,
+    end_rule: str = "lofi",
 ) -> dict[str, np.ndarray]:
     """Proposals (N <= top_k, 3) [start_s, end_s, score] after soft-NMS, per video."""
     head.to(device).eval()
@@ -96,7 +97,7 @@ def predict(
         output = head(features[record.video_id][None].to(device))
         start, end = output.start[0].float().cpu().numpy(), output.end[0].float().cpu().numpy()
         cmap = output.confidence_map[0].float().cpu().numpy()
-        proposals = proposals_from_output(start, end, cmap, record.duration, head_name)
+        proposals = proposals_from_output(start, end, cmap, record.duration, head_name, end_rule=end_rule)
         out[record.video_id] = soft_nms(proposals, duration=record.duration, alpha=params.alpha,
                                         low=params.low, high=params.high, top_k=top_k)
     return out

@@ -48,6 +48,7 @@ def train_head(
     log: MetricsLog,
     stop: StopRequest,
     progress: StageProgress | None = None,
+    labels: str = "bmn",
     resume: bool = False,
 ) -> HeadOutcome:
     """Train `head` on (C, T) features of the `records` that have features."""
@@ -90,7 +91,8 @@ def train_head(
             output = head(x)
             segments = [torch.tensor([[s.start, s.end] for s in r.segments], dtype=torch.float32).reshape(-1, 2)
                         for r in chosen]
-            start_t, end_t, iou_t = batch_targets(segments, [r.duration for r in chosen], x.shape[2], device)
+            start_t, end_t, iou_t = batch_targets(segments, [r.duration for r in chosen], x.shape[2], device,
+                                                  head=labels)
             terms = per_video_loss(output, start_t, end_t, iou_t, [video_seed(seed, step, r.video_id) for r in chosen])
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()

@@ -248,7 +248,7 @@ def _micro_step(model, batch, candidate: Candidate, config: TrainConfig, scaler,
     clips = batch.clips.to(device, non_blocking=True)
     with autocast(device, candidate.precision):
         output = model(clips)
-    terms = batch_loss(output, batch, seed=config.seed, step=step)
+    terms = batch_loss(output, batch, seed=config.seed, step=step, head=config.head)
     scaler.scale(terms.total / candidate.accumulation).backward()
     return float(terms.total.detach())
 

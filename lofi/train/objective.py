@@ -20,11 +20,13 @@ from lofi.models.losses import LossTerms, tal_loss
 
 
 def batch_targets(
-    segments: list[torch.Tensor], durations: list[float], temporal_dim: int, device: torch.device
+    segments: list[torch.Tensor], durations: list[float], temporal_dim: int, device: torch.device,
+    *, head: str = "bmn",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """start (B, T), end (B, T), iou_map (B, T, T) for ground-truth segments in seconds."""
+    """start (B, T), end (B, T), iou_map (B, T, T) for ground-truth segments in seconds,
+    with the boundary regions of `head` (lofi.models.labels)."""
     targets = [
-        make_targets(seg.numpy().astype(np.float64), float(duration), temporal_dim)
+        make_targets(seg.numpy().astype(np.float64), float(duration), temporal_dim, head=head)
         for seg, duration in zip(segments, durations)
     ]
     return targets_to_tensors(targets, device)
@@ -56,10 +58,11 @@ def per_video_loss(
     return LossTerms(*(torch.stack(parts).mean() for parts in zip(*terms)))
 
 
-def batch_loss(output: HeadOutput, batch: ClipBatch, *, seed: int, step: int) -> LossTerms:
-    """The objective of a ClipBatch whose clips produced `output`."""
+def batch_loss(output: HeadOutput, batch: ClipBatch, *, seed: int, step: int, head: str = "bmn") -> LossTerms:
+    """The objective of a ClipBatch whose clips produced `output` (a `head` head)."""
     temporal_dim = output.start.shape[1]
     device = output.start.device
-    start_t, end_t, iou_t = batch_targets(batch.segments, batch.durations.tolist(), temporal_dim, device)
+    start_t, end_t, iou_t = batch_targets(batch.segments, batch.durations.tolist(), temporal_dim, device,
+                                          head=head)
     seeds = [video_seed(seed, step, video_id) for video_id in batch.video_ids]
     return per_video_loss(output, start_t, end_t, iou_t, seeds)

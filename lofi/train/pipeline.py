@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from lofi.data.annotations import AnnotationSet, load_annotations
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.data.media import MediaReport, check_media, write_listing
+from lofi.data.transforms import Augment
 from lofi.errors import CheckpointError, LofiError, OptionError
 from planner.atomic_files import atomic_write_json
 from lofi.models.encoders import build_encoder
@@ -30,7 +31,7 @@ from lofi.models.heads import build_head
 from lofi.models.lofi_model import build_lofi_model
 from lofi.train.bn_init import estimate_batchnorm_statistics
 from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import TrainConfig, bn_frozen, config_to_dict
+from lofi.train.config import TrainConfig, bn_frozen, config_to_dict, encoder_bn_mode
 from lofi.train.distributed import DistContext, agree, barrier, gather
 from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
 from lofi.train.fallback import next_candidate
@@ -43,7 +44,7 @@ from lofi.train.stopping import StopRequest
 from planner.candidate import Candidate
 from planner.plan_file import Plan, plan_to_dict, save_plan
 
-STAGES = ("lofi", "features", "head", "eval")
+STAGES = ("pretrain", "lofi", "features", "head", "eval")
 BN_CLIPS = 16  # training clips used to estimate BatchNorm statistics of a random encoder
 
 
@@ -103,6 +104,8 @@ def run_pipeline(
     interrupted = False
 
     try:
+        if "pretrain" in stages and config.pretrain is not None:
+            _pretrain(config, train_records, media, classes, context, progress, summary)
         if "lofi" in stages and not config.baseline:
             outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
                                                      run, context, log, stop, progress, resume, on_step, summary)
@@ -183,7 +186,8 @@ def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, c
     fallbacks = []
     while True:
         model = _initial_model(config, candidate, records, media, classes, context)
-        dataset = _dataset(config, records, media, classes, candidate.fidelities[0], augment=True)
+        dataset = _dataset(config, records, media, classes, candidate.fidelities[0],
+                           augment=Augment(flip=config.data.flip))
         failure: str | None = None
         try:
             outcome = run_lofi_stage(model, dataset, candidate, config, context,
@@ -214,12 +218,26 @@ def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, c
         return outcome, candidate
 
 
+def _pretrain(config, records, media, classes, context, progress, summary) -> None:
+    """Make the encoder's pre-trained weights (config.pretrained) unless they exist."""
+    from lofi.train.pretrain_stage import pretrain_encoder, read_manifest, weights_complete
+
+    reused = weights_complete(config.pretrained)
+    if context.is_main and not reused:
+        pretrain_encoder(config.backbone, records, media, classes, config.data, config.pretrain,
+                         config.pretrained, device=context.device, progress=progress)
+    barrier(context)
+    manifest = read_manifest(config.pretrained) or {}
+    summary.stage("pretrain", reused=reused, weights=config.pretrained, seconds=0.0 if reused else manifest.get("seconds"),
+                  train_accuracy=manifest.get("train_accuracy"), epochs=manifest.get("epochs"))
+
+
 def _initial_model(config, candidate, records, media, classes, context):
     """The model before training: encoder (pre-trained, or random with estimated BN
     statistics), head at each TR of the candidate; the same seed gives the same start."""
     torch.manual_seed(config.seed)
     model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                             pretrained=config.pretrained, freeze_bn=bn_frozen(config),
+                             pretrained=config.pretrained, bn_mode=encoder_bn_mode(config),
                              checkpointing=candidate.checkpointing, device=context.device)
     if config.pretrained is None:
         _init_batchnorm(model.encoder, config, records, media, classes, context)
@@ -234,13 +252,14 @@ def _baseline_encoder(config, records, media, classes, context):
     return encoder
 
 
-def _init_batchnorm(encoder, config, records, media, classes, context) -> None:
+def _init_batchnorm(encoder, config, records, media, classes, context, *, only_first: bool = False) -> None:
     dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
     loader = DataLoader(Subset(dataset, range(min(BN_CLIPS, len(dataset)))), batch_size=1,
                         collate_fn=collate_clips)
     policy = encoder.grad_checkpointing
     encoder.set_grad_checkpointing("none")
-    estimate_batchnorm_statistics(encoder, (batch.clips for batch in loader), context.device)
+    norms = encoder.batchnorms()[:1] if only_first else None
+    estimate_batchnorm_statistics(encoder, (batch.clips for batch in loader), context.device, norms=norms)
     encoder.set_grad_checkpointing(policy)
 
 
@@ -257,15 +276,17 @@ def _features(config, candidate, records, media, classes, run, context, progress
     else:
         loaded = load_checkpoint(run.lofi_checkpoints, map_location=context.device)
         model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                                 freeze_bn=bn_frozen(config), device=context.device)
+                                 bn_mode=encoder_bn_mode(config), device=context.device)
         model.load_state_dict(loaded.state["model"])
         encoder = model.encoder
         tag = f"lofi:{config.backbone}:step={loaded.state['step']}"
-        if not bn_frozen(config):
-            # BatchNorm trained on low-fidelity batches: re-estimate precise statistics at
-            # the full fidelity the features are extracted at (as PreciseBN does).
+        if encoder.bn_mode != "frozen":
+            # BatchNorm trained on low-fidelity batches (all of them, or the first one under
+            # partialBN): re-estimate those statistics at the full fidelity the features
+            # are extracted at (as PreciseBN does).
             train = [r for r in records if r.subset == config.data.train_subset]
-            _init_batchnorm(encoder, config, train, media, classes, context)
+            _init_batchnorm(encoder, config, train, media, classes, context,
+                            only_first=encoder.bn_mode == "partial")
     encoder.set_grad_checkpointing("none")
     dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
     precision = "fp32" if context.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -290,7 +311,7 @@ def _head(config, train_records, run, device, log, stop, progress, resume, summa
     head = build_head(config.head, in_channels=channels, temporal_dim=temporal_dim)
     outcome = train_head(head, features, train_records, config.head_stage, batch_size=config.head_batch,
                          device=device, checkpoint_dir=run.head_checkpoints, seed=config.seed, log=log,
-                         stop=stop, progress=progress, resume=resume)
+                         stop=stop, progress=progress, resume=resume, labels=config.head)
     summary.stage("head", completed=outcome.completed, epochs=outcome.epochs_done, steps=outcome.steps,
                   videos=outcome.videos, last_loss=outcome.last_loss, seconds=round(outcome.seconds, 2),
                   features_encoder=index["encoder"])
@@ -308,7 +329,8 @@ def _evaluate(config, eval_records, classes, run, device, summary) -> None:
         head.load_state_dict(load_checkpoint(run.head_checkpoints).state["model"])
     except CheckpointError as error:
         raise CheckpointError(f"{error}; run the head stage first") from None
-    proposals = predict(head, config.head, features, eval_records, device=device, top_k=config.top_k_proposals)
+    proposals = predict(head, config.head, features, eval_records, device=device, top_k=config.top_k_proposals,
+                        end_rule=config.proposal_end)
     scores = load_class_scores(config.data.classification, classes) if config.data.classification else None
     outcome = write_and_evaluate(proposals, annotations=config.data.annotations, subset=config.data.eval_subset,
                                  class_names=classes, class_scores=scores, top_k_classes=config.top_k_classes,

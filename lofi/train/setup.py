@@ -11,7 +11,7 @@ from typing import Any
 
 from lofi.errors import OptionError
 from lofi.train import defaults
-from lofi.train.config import HEAD_RECIPES, LOFI_RECIPE, DataConfig, OptimConfig, TrainConfig
+from lofi.train.config import HEAD_RECIPES, LOFI_RECIPE, DataConfig, OptimConfig, TrainConfig, requested_bn_mode
 from planner.candidate import Candidate
 from planner.fidelity import FULL, Fidelity
 from planner.plan_file import Plan
@@ -27,6 +27,7 @@ class DataOptions:
     full_sr: int | None = None
     frames_per_snippet: int | None = None
     stride: int | None = None
+    flip: bool | None = None  # None: on, except for the synthetic data
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         data = DataConfig(
             annotations=str(paths.annotations), media_root=str(paths.videos_dir), classification=str(paths.classification),
             full_fidelity=_fidelity(options, full), stride=_given(options.stride, defaults.SYNTH_STRIDE),
+            flip=defaults.SYNTH_FLIP if options.flip is None else options.flip,
         )
         synthetic = True
     else:
@@ -83,7 +85,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         data = DataConfig(
             annotations=options.annotations, media_root=str(root), frames=options.frames is not None,
             classification=options.classification, full_fidelity=_fidelity(options, Fidelity(100, 224, 8)),
-            stride=_given(options.stride, 8),
+            stride=_given(options.stride, 8), flip=True if options.flip is None else options.flip,
         )
         synthetic = False
     annotations = load_annotations(data.annotations)
@@ -184,11 +186,31 @@ def scaled_fidelity(fidelity: Fidelity, full: Fidelity, reference: Fidelity = FU
     return Fidelity(min(tr, full.tr), min(sr, full.sr), full.frames_per_snippet)
 
 
+def planned_batchnorm(resolved: ResolvedData, bn_mode: str | None, freeze_bn: bool | None, *, pretrained: bool,
+                      from_scratch: bool) -> str:
+    """The plan's BatchNorm (planner.candidate.BATCHNORM) for what `lofi train` will run:
+    the mode asked for, else the default for the encoder it starts from (pre-trained
+    weights given, or the synthetic default's pre-training, `build_config`)."""
+    from lofi.models.lofi_model import plan_bn_name
+    from lofi.train.config import default_bn_mode
+
+    starts_pretrained = pretrained or _pretrains_synthetic(resolved, from_scratch)
+    return plan_bn_name(requested_bn_mode(bn_mode, freeze_bn) or default_bn_mode(starts_pretrained))
+
+
+def _pretrains_synthetic(resolved: ResolvedData, from_scratch: bool) -> bool:
+    """The synthetic default starts from its cached pre-training unless --from-scratch."""
+    return resolved.synthetic and not from_scratch
+
+
 def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides, *, pretrained: str | None,
-                 baseline: bool) -> TrainConfig:
+                 baseline: bool, from_scratch: bool = False) -> TrainConfig:
     """The run's configuration: the plan's backbone and head, the stage recipes (the
     paper's, or the CPU defaults for the synthetic data on a CPU) with overrides, and
-    the plan's optimizer and BatchNorm mode (`follow_plan`)."""
+    the plan's optimizer and BatchNorm mode (`follow_plan`). On the synthetic data
+    without --pretrained (and without `from_scratch`) the encoder starts from
+    action-classification pre-training on its training instances (the pretrain stage;
+    cached), so LoFi and the ACP baseline share one pre-trained encoder."""
     from lofi.train.plan_check import check_names
 
     check_names(plan.chosen.backbone, plan.chosen.head)  # before the recipes are looked up by name
@@ -200,9 +222,16 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         **{k: v for k, v in overrides.config.items() if v is not None},
     }
     override = bool(values.pop("override_plan", False))
-    lofi, freeze_bn, overridden = follow_plan(plan.chosen, lofi_recipe, overrides.lofi, values.get("freeze_bn"),
-                                              override=override)
-    values["freeze_bn"] = freeze_bn
+    requested = requested_bn_mode(values.pop("bn_mode", None), values.pop("freeze_bn", None))
+    lofi, bn_mode, overridden = follow_plan(plan.chosen, lofi_recipe, overrides.lofi, requested, override=override)
+    values["bn_mode"] = bn_mode
+    pretrain = None
+    if pretrained is None and _pretrains_synthetic(resolved, from_scratch):
+        from lofi.train.pretrain_stage import cached_weights_path
+        from planner.trace_cache import cache_root
+
+        pretrain = defaults.SYNTH_PRETRAIN
+        pretrained = str(cached_weights_path(cache_root(), plan.chosen.backbone, resolved.data, pretrain))
     return TrainConfig(
         data=resolved.data,
         backbone=plan.chosen.backbone,
@@ -210,6 +239,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         lofi=lofi,
         head_stage=_override(head_recipe, overrides.head),
         pretrained=pretrained,
+        pretrain=pretrain,
         baseline=baseline,
         alloc_conf=plan.chosen.alloc_conf,
         plan_overrides=overridden,
@@ -217,14 +247,15 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
     )
 
 
-def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any], freeze_bn: bool | None, *,
-                override: bool = False) -> tuple[OptimConfig, bool, tuple[str, ...]]:
+def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any], bn_mode: str | None, *,
+                override: bool = False) -> tuple[OptimConfig, str, tuple[str, ...]]:
     """The LoFi recipe and BatchNorm mode of the plan's candidate: its optimizer (the
     recipe's when they agree; else the planned one at its default learning rate) and its
-    BatchNorm mode. A command-line choice that contradicts the plan is an OptionError
-    naming both values, unless `override`: then the user's value is used and listed in
-    the returned overrides (recorded in the run's config.json)."""
-    from lofi.models.lofi_model import PLAN_OPTIMIZERS, plan_optimizer_name
+    BatchNorm mode (an encoder bn_mode). A command-line choice (`bn_mode`: what the user
+    asked for, or None) that contradicts the plan is an OptionError naming both values,
+    unless `override`: then the user's value is used and listed in the returned
+    overrides (recorded in the run's config.json)."""
+    from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, plan_bn_name, plan_optimizer_name
 
     name, momentum = PLAN_OPTIMIZERS[candidate.optimizer]
     if plan_optimizer_name(recipe.name, recipe.momentum) != candidate.optimizer:
@@ -237,12 +268,12 @@ def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any],
                          if lofi.get(k) is not None)
         _contradiction(f"{given} trains with {used}", f"optimizer {candidate.optimizer}", override)
         overridden.append(f"optimizer: {candidate.optimizer} -> {used}")
-    planned_frozen = candidate.batchnorm == "frozen"
-    if freeze_bn is not None and freeze_bn != planned_frozen:
-        flag = "--freeze-bn" if freeze_bn else "--train-bn"
-        _contradiction(flag, f"batchnorm {candidate.batchnorm}", override)
-        overridden.append(f"batchnorm: {candidate.batchnorm} -> {'frozen' if freeze_bn else 'trained'}")
-    return chosen, planned_frozen if freeze_bn is None else freeze_bn, tuple(overridden)
+    planned = PLAN_BN_MODES[candidate.batchnorm]
+    if bn_mode is not None and bn_mode != planned:
+        _contradiction(f"BatchNorm mode {bn_mode} (--bn-mode, --freeze-bn/--train-bn)", f"batchnorm {candidate.batchnorm}",
+                       override)
+        overridden.append(f"batchnorm: {candidate.batchnorm} -> {plan_bn_name(bn_mode)}")
+    return chosen, bn_mode or planned, tuple(overridden)
 
 
 # Learning rate for an optimizer the recipe does not use: the paper's SGD lr, and the

@@ -147,6 +147,8 @@ def make_plans(root: Path, settings: list[Setting], videos: int) -> None:
     from lofi.plan_workload import lofi_workload
     from lofi.train import defaults
     from planner.cpu_speed import with_measured_speed
+    from lofi.models.lofi_model import plan_bn_name
+    from lofi.train.config import PRETRAINED_BN_MODE
     from planner.planning import PlanRequest, make_plan
     from planner.plan_file import save_plan
     from planner.profiles import get_profile
@@ -159,7 +161,8 @@ def make_plans(root: Path, settings: list[Setting], videos: int) -> None:
         profile = profile or with_measured_speed(get_profile("cpu"))
         single = len(setting.fidelities) == 1
         spec = replace(defaults.CPU_GRID, fidelities=setting.fidelities if single else (),
-                       cycles=() if single else (setting.fidelities,))
+                       cycles=() if single else (setting.fidelities,),
+                       batchnorm=plan_bn_name(PRETRAINED_BN_MODE))  # every run starts pre-trained
         request = PlanRequest(spec, profile, videos_per_epoch=videos, dataset="synthetic (paper_tables.py)")
         save_plan(make_plan(request, lofi_workload()), path)
 

@@ -88,3 +88,17 @@ def test_auto_plans_the_batchnorm_mode_the_run_will_train_with():
     assert planned_batchnorm(user, None, None, pretrained=True, from_scratch=False) == "partial"
     assert planned_batchnorm(user, None, True, pretrained=False, from_scratch=False) == "frozen"
     assert planned_batchnorm(user, "partial", False, pretrained=False, from_scratch=False) == "partial"
+
+
+def test_a_random_encoder_with_fixed_batchnorm_is_noted():
+    from lofi.train.config import DataConfig
+    from lofi.train.plan_check import batchnorm_notes
+    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+    from train_helpers import tiny_plan
+
+    resolved = ResolvedData(DataConfig(annotations="a.json", media_root="videos"), synthetic=False, training_videos=4)
+    for batchnorm, noted in (("partial", True), ("frozen", True), ("trained", False)):
+        plan = tiny_plan(tiny_candidate(optimizer="sgd", batchnorm=batchnorm))
+        random_init = build_config(resolved, plan, RecipeOverrides(), pretrained=None, baseline=False)
+        assert bool(batchnorm_notes(random_init)) is noted
+        assert not batchnorm_notes(build_config(resolved, plan, RecipeOverrides(), pretrained="w.pth", baseline=False))

@@ -26,8 +26,20 @@ def check_plan(plan: Plan, config: TrainConfig, device: torch.device, *, force: 
     if problems and not force:
         raise OptionError(f"{problems[0]}; make a plan here (lofi train --auto, or lofi plan), or give --force "
                           "to train this plan anyway")
-    for message in [*problems, *notes] if notify is not None else ():
+    for message in [*problems, *notes, *batchnorm_notes(config)] if notify is not None else ():
         notify(message)
+
+
+def batchnorm_notes(config: TrainConfig) -> list[str]:
+    """A random-init encoder whose BatchNorm statistics the plan keeps (partly) fixed
+    learns poorly (docs/synthetic.md): say so, and how to plan for it."""
+    from lofi.train.config import encoder_bn_mode
+
+    mode = encoder_bn_mode(config)
+    if config.pretrained is not None or config.baseline or mode == "train":
+        return []
+    return [f"the encoder starts from random weights but trains with BatchNorm {mode} (the plan's); a random "
+            "encoder needs trained BatchNorm: plan with --batchnorm trained, or give --pretrained"]
 
 
 def check_names(backbone: str, head: str) -> None:

@@ -18,7 +18,8 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from planner.candidate import Candidate, parse_checkpointing
+from planner import checkpointing
+from planner.candidate import Candidate
 from planner.errors import NothingFitsError, PlannerError
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec
@@ -28,7 +29,6 @@ from planner.quality import Evidence, Quality, config_key, rank_quality, why_low
 DEFAULT_MARGIN = 0.10
 GIB = 2**30
 _PRECISION_ORDER = {"bf16": 0, "fp16": 1, "fp32": 2}  # half precision first where allowed
-_CHECKPOINT_ORDER = {"none": 0, "block": 1, "chunk": 2}  # least recomputation first
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def levers(smallest: Candidate, spec: GridSpec | None) -> list[str]:
     """What would shrink the requirement, from what the grid has not tried yet."""
     spec = spec or GridSpec()
     found = []
-    if all(parse_checkpointing(p)[0] == "none" for p in spec.checkpointing):
+    if not any(checkpointing.parse(p).enabled for p in spec.checkpointing):
         found.append("gradient checkpointing (--checkpointing block or chunk:K)")
     if set(spec.precisions or ("fp32", "fp16")) == {"fp32"}:
         found.append("half precision (--precision fp16, or bf16 where the GPU has it)")
@@ -211,7 +211,7 @@ def _speed_key(estimate: CandidateEstimate) -> tuple:
     return (
         per_video if per_video is not None else math.inf,
         -candidate.batch_per_gpu,
-        _CHECKPOINT_ORDER[parse_checkpointing(candidate.checkpointing)[0]],
+        candidate.policy.recomputation,
         _PRECISION_ORDER[candidate.precision],
         candidate.accumulation,
         candidate.expandable_segments,

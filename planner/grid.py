@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate, parse_checkpointing
+from planner import checkpointing
+from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate
 from planner.errors import PlannerError
 from planner.fidelity import C_LOFI_CYCLE, NAMED_FIDELITIES, Fidelity
 from planner.hardware import GpuProfile
@@ -170,7 +171,7 @@ def _validate(spec: GridSpec) -> None:
             raise PlannerError(f"--backbones: unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     for policy in spec.checkpointing:
         try:
-            parse_checkpointing(policy)
+            checkpointing.parse(policy)
         except ValueError as error:
             raise PlannerError(f"--checkpointing: {error}") from error
     for name, value in (("--global-batch", spec.global_batch), ("--gpus", spec.gpus), ("--nodes", spec.nodes)):

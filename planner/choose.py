@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from planner import checkpointing
 from planner.candidate import Candidate
-from planner.errors import NothingFitsError, PlannerError
+from planner.errors import FieldError, NothingFitsError, PlannerError
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec
 from planner.hardware import GpuProfile
@@ -70,7 +70,7 @@ class NothingFits(NothingFitsError):
 
 def usable_bytes(profile: GpuProfile, margin: float = DEFAULT_MARGIN) -> int:
     if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}")
+        raise FieldError("margin", f"must be in [0, 1), got {margin}", separator=" ")
     return math.floor(profile.memory_bytes * (1.0 - margin))
 
 

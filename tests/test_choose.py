@@ -31,7 +31,7 @@ USABLE = usable_bytes(V100, 0.10)
 def test_usable_memory_is_capacity_less_the_margin():
     assert usable_bytes(V100, 0.10) == int(32 * GiB * 0.9)
     assert usable_bytes(V100, 0.0) == 32 * GiB
-    with pytest.raises(PlannerError, match="--margin must be in"):
+    with pytest.raises(PlannerError, match="^margin must be in"):
         usable_bytes(V100, 1.0)
 
 

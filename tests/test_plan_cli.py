@@ -101,7 +101,14 @@ def test_plan_nothing_fits_exits_3_with_levers(tmp_path):
 
 def test_plan_bad_options_are_one_line_errors(tmp_path):
     result = run("plan", "--gpu", "v100-32gb", "--precision", "bf16", "--out", str(tmp_path / "p.json"))
-    assert result.exit_code == 2 and "v100-32gb (NVIDIA V100 SXM2 32GB) has no bf16" in result.output
+    assert result.exit_code == 2 and "--precision bf16: v100-32gb (NVIDIA V100 SXM2 32GB) has no bf16" in result.output
+    # planner errors name the field; the CLI names the option that sets it
+    result = run("plan", "--gpu", "v100-32gb", "--checkpointing", "chunk:0", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--checkpointing: checkpointing policy must be" in result.output
+    result = run("plan", "--gpu", "v100-32gb", "--margin", "1.5", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--margin must be in [0, 1), got 1.5" in result.output
+    result = run("plan", "--gpu", "v100-32gb", "--global-batch", "0", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--global-batch must be >= 1, got 0" in result.output
     result = run("plan", "--gpu", "b300", "--out", str(tmp_path / "p.json"))
     assert result.exit_code == 2 and "unknown GPU profile 'b300'" in result.output
     result = run("plan", "--gpu", "v100-32gb", "--videos", "5", "--annotations", "x.json")

@@ -20,6 +20,22 @@ def writable(path: Path, option: str) -> None:
         raise OptionError(f"{option} {path}: cannot write there ({error.strerror or error})") from None
 
 
+# Planner fields whose option is not `--` + the field with dashes.
+_OPTION_OF_FIELD = {"batches": "--batch", "precisions": "--precision"}
+
+
+def option_of(field: str) -> str:
+    """The `lofi plan` option that sets a planner field: 'global_batch' -> '--global-batch'."""
+    return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def error_message(error: Exception) -> str:
+    """The line a typed error prints as: a planner `FieldError` names the option."""
+    from planner.errors import FieldError
+
+    return error.render(option_of) if isinstance(error, FieldError) else str(error)
+
+
 def fail(message: str, exit_code: int = 2) -> None:
     """Print one red line on stderr and exit with `exit_code`."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -61,6 +61,11 @@ def syntax() -> str:
     return f"{text} ({', '.join(numbers)})" if numbers else text
 
 
+def enabled_syntax() -> str:
+    """'block or chunk:K': the policies that checkpoint anything, as written."""
+    return " or ".join(kind.syntax for kind in KINDS.values() if kind.name != "none")
+
+
 def parse(text: str) -> Checkpointing:
     """'none' | 'block' | 'chunk:K' -> Checkpointing. Raises ValueError on anything else."""
     if isinstance(text, str):

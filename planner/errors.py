@@ -5,10 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+# How a front end says "set `field` to `value`" (value None: the field alone); the
+# planner's own way is `field_setting`.
+Setting = Callable[[str, "str | None"], str]
+
+
+def field_setting(field: str, value: str | None) -> str:
+    """'precisions', 'fp16' -> 'precisions fp16': a setting as the planner's API names it."""
+    return field if value is None else f"{field} {value}"
+
+
 class PlannerError(Exception):
     """Base of planner errors a user can cause (bad option, bad plan file)."""
 
     exit_code = 2
+
+    def render(self, setting: Setting) -> str:
+        """The message with every field setting written by `setting` (the CLI: its options)."""
+        return str(self)
 
 
 class FieldError(PlannerError):
@@ -22,13 +36,13 @@ class FieldError(PlannerError):
         self.detail = detail
         self.value = value  # the offending value, when the message puts it after the name
         self.separator = separator  # between the name and the detail
-        super().__init__(self.render(str))
+        super().__init__(self.render(field_setting))
 
-    def render(self, name: Callable[[str], str]) -> str:
-        """The message with each field called `name(field)`."""
-        head = "/".join(name(field) for field in self.fields)
-        if self.value is not None:
-            head = f"{head} {self.value}"
+    def render(self, setting: Setting) -> str:
+        if len(self.fields) == 1:
+            head = setting(self.fields[0], self.value)
+        else:
+            head = "/".join(setting(field, None) for field in self.fields)
         return f"{head}{self.separator}{self.detail}"
 
 

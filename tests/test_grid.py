@@ -87,9 +87,10 @@ def test_bad_options_are_errors_naming_the_option():
 def test_field_errors_name_the_field_and_render_with_other_names():
     error = FieldError(("tr", "sr"), "sr must be >= 32, got 16")
     assert str(error) == "tr/sr: sr must be >= 32, got 16"
-    assert error.render(lambda field: f"--{field}") == "--tr/--sr: sr must be >= 32, got 16"
+    assert error.render(lambda field, value: f"--{field}") == "--tr/--sr: sr must be >= 32, got 16"
     error = FieldError("precisions", "no bf16 here", value="bf16")
     assert str(error) == "precisions bf16: no bf16 here" and isinstance(error, PlannerError)
+    assert error.render(lambda field, value: f"--precision={value}") == "--precision=bf16: no bf16 here"
     assert str(FieldError("global_batch", "must be >= 1, got 0", separator=" ")) == "global_batch must be >= 1, got 0"
     with pytest.raises(FieldError, match="^global_batch must be >= 1"):
         build_grid(GridSpec(global_batch=0), V100)

@@ -29,11 +29,19 @@ def option_of(field: str) -> str:
     return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
 
 
-def error_message(error: Exception) -> str:
-    """The line a typed error prints as: a planner `FieldError` names the option."""
-    from planner.errors import FieldError
+def option_setting(field: str, value: str | None) -> str:
+    """How to set a planner field with `lofi plan`: ('precisions', 'fp16') -> '--precision fp16'."""
+    if field == "accumulation":  # on unless --no-accumulation
+        return "drop --no-accumulation" if value == "on" else "--no-accumulation"
+    option = option_of(field)
+    return option if value is None else f"{option} {value}"
 
-    return error.render(option_of) if isinstance(error, FieldError) else str(error)
+
+def error_message(error: Exception) -> str:
+    """The line a typed error prints as; planner errors name options, not fields."""
+    from planner.errors import PlannerError
+
+    return error.render(option_setting) if isinstance(error, PlannerError) else str(error)
 
 
 def fail(message: str, exit_code: int = 2) -> None:

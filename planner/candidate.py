@@ -5,21 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner import checkpointing as checkpointing_policy
+from planner.checkpointing import Checkpointing
 from planner.fidelity import Fidelity
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
 BATCHNORM = ("frozen", "trained", "partial")  # statistics fixed; trained with the batch; only the first layer trained, other affines fixed (TSM partialBN)
-
-
-def parse_checkpointing(policy: str) -> tuple[str, int | None]:
-    """'none' | 'block' | 'chunk:K' -> (kind, K). Raises ValueError on anything else."""
-    if policy in ("none", "block"):
-        return policy, None
-    kind, _, size = policy.partition(":")
-    if kind == "chunk" and size.isdigit() and int(size) >= 1:
-        return "chunk", int(size)
-    raise ValueError(f"checkpointing policy must be none, block or chunk:K (K >= 1), got {policy!r}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +28,7 @@ class Candidate:
     nodes: int = 1
     accumulation: int = 1  # gradient-accumulation steps per optimizer step
     precision: str = "fp32"
-    checkpointing: str = "none"
+    checkpointing: str = "none"  # as written (plan.json); `policy` is it parsed
     optimizer: str = "sgd"
     expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     batchnorm: str = "frozen"  # BATCHNORM
@@ -55,7 +47,12 @@ class Candidate:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.batchnorm not in BATCHNORM:
             raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {self.batchnorm!r}")
-        parse_checkpointing(self.checkpointing)
+        checkpointing_policy.parse(self.checkpointing)
+
+    @property
+    def policy(self) -> Checkpointing:
+        """The checkpointing policy, parsed."""
+        return checkpointing_policy.parse(self.checkpointing)
 
     @property
     def fidelities(self) -> tuple[Fidelity, ...]:

@@ -18,8 +18,9 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from planner.candidate import Candidate, parse_checkpointing
-from planner.errors import NothingFitsError, PlannerError
+from planner import checkpointing
+from planner.candidate import Candidate
+from planner.errors import FieldError, NothingFitsError, PlannerError, Setting, field_setting
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec
 from planner.hardware import GpuProfile
@@ -28,7 +29,6 @@ from planner.quality import Evidence, Quality, config_key, rank_quality, why_low
 DEFAULT_MARGIN = 0.10
 GIB = 2**30
 _PRECISION_ORDER = {"bf16": 0, "fp16": 1, "fp32": 2}  # half precision first where allowed
-_CHECKPOINT_ORDER = {"none": 0, "block": 1, "chunk": 2}  # least recomputation first
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,45 @@ class Ranking:
     why: str | None  # why the chosen one won
 
 
-class NothingFits(NothingFitsError):
-    """No candidate fits; carries the smallest requirement and the levers."""
+@dataclass(frozen=True)
+class Lever:
+    """What would shrink the requirement: `what`, pulled by setting `field` to `value`."""
 
-    def __init__(self, message: str, smallest: CandidateEstimate, usable_bytes: int, levers: tuple[str, ...]):
-        super().__init__(message)
+    what: str  # 'half precision'
+    field: str  # the GridSpec field (or option of the grid) that pulls it: 'precisions'
+    value: str | None = None  # what to set it to: 'fp16, or bf16 where the GPU has it'
+    after: str = ""  # text after the setting
+
+    def render(self, setting: Setting = field_setting) -> str:
+        return f"{self.what} ({setting(self.field, self.value)}){self.after}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class NothingFits(NothingFitsError):
+    """No candidate fits; carries the smallest requirement and the levers. The message is
+    `summary`, then the levers (when they are `Lever`s, each rendered by `render`)."""
+
+    def __init__(self, summary: str, smallest: CandidateEstimate, usable_bytes: int,
+                 levers: tuple[Lever | str, ...], *, list_levers: bool = True):
+        self.summary = summary
+        self.list_levers = list_levers  # False: the summary already says them
         self.smallest = smallest
         self.usable_bytes = usable_bytes
         self.levers = levers
+        super().__init__(self.render(field_setting))
+
+    def render(self, setting: Setting) -> str:
+        if not self.list_levers:
+            return self.summary
+        items = [lever.render(setting) if isinstance(lever, Lever) else lever for lever in self.levers]
+        return f"{self.summary} Levers: {'; '.join(items)}"
 
 
 def usable_bytes(profile: GpuProfile, margin: float = DEFAULT_MARGIN) -> int:
     if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}")
+        raise FieldError("margin", f"must be in [0, 1), got {margin}", separator=" ")
     return math.floor(profile.memory_bytes * (1.0 - margin))
 
 
@@ -148,37 +174,38 @@ def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None 
         message = (f"nothing fits the time budget: every candidate that fits in memory is estimated slower "
                    f"({fastest.reason}); the fastest is {describe(fastest.candidate)}. Levers: a larger "
                    "budget, fewer epochs' worth of videos, smaller TR or SR")
-        raise NothingFits(message, fastest.estimate, ranking.usable_bytes, ("a larger time budget",))
+        raise NothingFits(message, fastest.estimate, ranking.usable_bytes, ("a larger time budget",),
+                          list_levers=False)
     smallest = min(ranking.ranked, key=lambda r: r.total_bytes).estimate
     found = levers(smallest.candidate, spec)
-    message = (
+    summary = (
         f"nothing fits in {gib(ranking.usable_bytes)} GiB per GPU ({profile.name}, "
         f"{profile.memory_bytes / GIB:.0f} GiB less the margin): the smallest candidate, {describe(smallest.candidate)}, "
-        f"needs {gib(smallest.memory.total)} GiB. Levers: {'; '.join(found)}"
+        f"needs {gib(smallest.memory.total)} GiB."
     )
-    raise NothingFits(message, smallest, ranking.usable_bytes, tuple(found))
+    raise NothingFits(summary, smallest, ranking.usable_bytes, tuple(found))
 
 
-def levers(smallest: Candidate, spec: GridSpec | None) -> list[str]:
+def levers(smallest: Candidate, spec: GridSpec | None) -> list[Lever]:
     """What would shrink the requirement, from what the grid has not tried yet."""
     spec = spec or GridSpec()
     found = []
-    if all(parse_checkpointing(p)[0] == "none" for p in spec.checkpointing):
-        found.append("gradient checkpointing (--checkpointing block or chunk:K)")
+    if not any(checkpointing.parse(p).enabled for p in spec.checkpointing):
+        found.append(Lever("gradient checkpointing", "checkpointing", checkpointing.enabled_syntax()))
     if set(spec.precisions or ("fp32", "fp16")) == {"fp32"}:
-        found.append("half precision (--precision fp16, or bf16 where the GPU has it)")
+        found.append(Lever("half precision", "precisions", "fp16, or bf16 where the GPU has it"))
     if not spec.accumulation:
-        found.append("a smaller batch per GPU with gradient accumulation (drop --no-accumulation)")
+        found.append(Lever("a smaller batch per GPU with gradient accumulation", "accumulation", "on"))
     elif min(spec.batches) > 1:
-        found.append("a smaller batch per GPU (--batch 1)")
+        found.append(Lever("a smaller batch per GPU", "batches", "1"))
     smallest_tr = min(f.tr for f in smallest.fidelities)
     smallest_sr = min(f.sr for f in smallest.fidelities)
     if smallest_tr > 1:
-        found.append(f"fewer snippets (--tr below {smallest_tr})")
+        found.append(Lever("fewer snippets", "tr", f"below {smallest_tr}"))
     if smallest_sr > 32:
-        found.append(f"a smaller SR (--sr below {smallest_sr})")
+        found.append(Lever("a smaller SR", "sr", f"below {smallest_sr}"))
     if not spec.accumulation:
-        found.append("more GPUs (--gpus), which splits the global batch")
+        found.append(Lever("more GPUs", "gpus", after=", which splits the global batch"))
     return found
 
 
@@ -211,7 +238,7 @@ def _speed_key(estimate: CandidateEstimate) -> tuple:
     return (
         per_video if per_video is not None else math.inf,
         -candidate.batch_per_gpu,
-        _CHECKPOINT_ORDER[parse_checkpointing(candidate.checkpointing)[0]],
+        candidate.policy.recomputation,
         _PRECISION_ORDER[candidate.precision],
         candidate.accumulation,
         candidate.expandable_segments,

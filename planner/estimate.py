@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.allocator import ReplayResult, needed_capacity, replay
+from planner import checkpointing
 from planner.candidate import Candidate
 from planner.choose import DEFAULT_MARGIN, usable_bytes
 from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
@@ -221,7 +222,7 @@ def _group_in_worker(job, workload, root, profile, overheads, kind, usable):
 def _cost(group: set[Request]) -> float:
     """Rough tracing + replay cost, to start the heaviest groups first."""
     step = next(iter(group)).step
-    return len(group) * (4.0 if step.model.checkpointing.startswith("chunk") else 1.0) * step.model.fidelity.tr
+    return len(group) * (4.0 if checkpointing.parse(step.model.checkpointing).kind == "chunk" else 1.0) * step.model.fidelity.tr
 
 
 class TraceStore:

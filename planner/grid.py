@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate, parse_checkpointing
-from planner.errors import PlannerError
+from planner import checkpointing
+from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate
+from planner.errors import FieldError, PlannerError
 from planner.fidelity import C_LOFI_CYCLE, NAMED_FIDELITIES, Fidelity
 from planner.hardware import GpuProfile
 
@@ -55,9 +56,10 @@ def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tupl
         return ("fp32", "fp16", "bf16") if profile.supports_bf16 else ("fp32", "fp16")
     for precision in requested:
         if precision not in PRECISIONS:
-            raise PlannerError(f"--precision: unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+            raise FieldError("precisions", f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         if precision == "bf16" and not profile.supports_bf16:
-            raise PlannerError(f"--precision bf16: {profile.name} ({profile.display_name}) has no bf16; use fp16 or fp32")
+            raise FieldError("precisions", f"{profile.name} ({profile.display_name}) has no bf16; use fp16 or fp32",
+                             value="bf16")
     return tuple(dict.fromkeys(requested))
 
 
@@ -128,7 +130,7 @@ def select_fidelities(
             fidelities.append(NAMED_FIDELITIES[name])
         else:
             known = ", ".join([*NAMED_FIDELITIES, CYCLE_NAME])
-            raise PlannerError(f"--fidelity: unknown name {name!r}; known: {known}")
+            raise FieldError("fidelity", f"unknown name {name!r}; known: {known}")
     if trs or srs:
         tr_values = list(trs) or sorted({f.tr for f in PAPER_FIDELITIES}, reverse=True)
         sr_values = list(srs) or sorted({f.sr for f in PAPER_FIDELITIES}, reverse=True)
@@ -137,7 +139,7 @@ def select_fidelities(
                 try:
                     fidelities.append(Fidelity(tr, sr))
                 except ValueError as error:
-                    raise PlannerError(f"--tr/--sr: {error}") from error
+                    raise FieldError(("tr", "sr"), str(error)) from error
     return tuple(dict.fromkeys(fidelities)), tuple(dict.fromkeys(cycles))
 
 
@@ -162,22 +164,22 @@ def parse_ints(values: Iterable[str], option: str) -> list[int]:
 
 def _validate(spec: GridSpec) -> None:
     if spec.head not in HEADS:
-        raise PlannerError(f"--head: unknown head {spec.head!r}; choose from {', '.join(HEADS)}")
+        raise FieldError("head", f"unknown head {spec.head!r}; choose from {', '.join(HEADS)}")
     if spec.optimizer not in OPTIMIZERS:
-        raise PlannerError(f"--optimizer: unknown optimizer {spec.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        raise FieldError("optimizer", f"unknown optimizer {spec.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     for backbone in spec.backbones:
         if backbone not in BACKBONES:
-            raise PlannerError(f"--backbones: unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+            raise FieldError("backbones", f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     for policy in spec.checkpointing:
         try:
-            parse_checkpointing(policy)
+            checkpointing.parse(policy)
         except ValueError as error:
-            raise PlannerError(f"--checkpointing: {error}") from error
-    for name, value in (("--global-batch", spec.global_batch), ("--gpus", spec.gpus), ("--nodes", spec.nodes)):
+            raise FieldError("checkpointing", str(error)) from error
+    for name, value in (("global_batch", spec.global_batch), ("gpus", spec.gpus), ("nodes", spec.nodes)):
         if value < 1:
-            raise PlannerError(f"{name} must be >= 1, got {value}")
+            raise FieldError(name, f"must be >= 1, got {value}", separator=" ")
     if any(batch < 1 for batch in spec.batches):
-        raise PlannerError(f"--batch: values must be >= 1, got {list(spec.batches)}")
+        raise FieldError("batches", f"values must be >= 1, got {list(spec.batches)}")
 
 
 def _no_batch_message(spec: GridSpec, world: int) -> str:

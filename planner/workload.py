@@ -24,7 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from planner.candidate import Candidate, parse_checkpointing
+from planner import checkpointing
+from planner.candidate import Candidate
 from planner.fidelity import Fidelity
 
 TARGETS = ("cuda", "cpu")
@@ -86,7 +87,7 @@ class StepSpec:
 
 def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:
     """The step of each fidelity the candidate trains at (one, or a C-LoFi cycle's)."""
-    parse_checkpointing(candidate.checkpointing)
+    checkpointing.parse(candidate.checkpointing)
     return tuple(
         StepSpec(
             model=ModelSpec(candidate.backbone, candidate.head, fidelity, candidate.checkpointing, candidate.batchnorm,
@@ -184,15 +185,15 @@ class TorchvisionWorkload:
         builder: Callable[..., nn.Module] = getattr(torchvision.models, spec.backbone)
         with torch.device(device):
             net = builder(num_classes=self.classes)
-        kind, size = parse_checkpointing(spec.checkpointing)
-        if kind == "none":
+        policy = checkpointing.parse(spec.checkpointing)
+        if policy.kind == "none":
             return net.train()
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         tail = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
-        if kind == "block":
+        if policy.kind == "block":
             return nn.Sequential(stem, _Blocks([b for layer in layers for b in layer]), tail).train()
-        return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), size), tail).train()  # type: ignore[arg-type]
+        return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), policy.size), tail).train()  # type: ignore[arg-type]
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)

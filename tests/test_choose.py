@@ -31,7 +31,7 @@ USABLE = usable_bytes(V100, 0.10)
 def test_usable_memory_is_capacity_less_the_margin():
     assert usable_bytes(V100, 0.10) == int(32 * GiB * 0.9)
     assert usable_bytes(V100, 0.0) == 32 * GiB
-    with pytest.raises(PlannerError, match="--margin must be in"):
+    with pytest.raises(PlannerError, match="^margin must be in"):
         usable_bytes(V100, 1.0)
 
 
@@ -109,8 +109,12 @@ def test_nothing_fits_exits_3_with_the_smallest_requirement_and_levers():
     assert error.smallest is estimates[1]
     message = str(error)
     assert "needs 40.0 GiB" in message and "28.8 GiB" in message
-    for lever in ("--checkpointing", "--precision fp16", "--no-accumulation", "fewer snippets", "smaller SR"):
+    for lever in ("(checkpointing block or chunk:K)", "(precisions fp16", "(accumulation on)", "fewer snippets (tr below 25)",
+                  "smaller SR (sr below 112)", "more GPUs (gpus)"):
         assert lever in message
+    assert "--" not in message  # the planner names fields; the CLI names its options
+    options = error.render(lambda field, value: f"<{field}={value}>")
+    assert "Levers: gradient checkpointing (<checkpointing=block or chunk:K>); half precision" in options
 
 
 def test_a_time_budget_rejects_slower_candidates_with_the_reason():

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from lofi.cli import main
 from lofi.data.annotations import VideoRecord, load_annotations
-from lofi.data.media import MediaSource, check_media, find_media, write_listing
+from lofi.data.media import check_media, find_media, write_listing
+from lofi.data.media_source import MediaSource
 from lofi.errors import InputFileError
 from media_factory import (copy_to, garbage_file, write_frame_folder, write_indexed_video,
                            write_webm_video)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lofi.data.annotations import Segment, VideoRecord
 from lofi.data.dataset import ClipBatch, ClipSample, SkippedSample, VideoDataset, collate_clips
-from lofi.data.media import MediaSource
+from lofi.data.media_source import MediaSource
 from lofi.errors import OptionError
 from media_factory import clip_indices, garbage_file, write_indexed_video
 from planner.fidelity import Fidelity

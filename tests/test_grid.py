@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.errors import PlannerError
+from planner.errors import FieldError, PlannerError
 from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI, Fidelity
 from planner.grid import GridSpec, accumulation_steps, build_grid, parse_ints, select_fidelities
 from planner.profiles import get_profile
@@ -74,14 +74,26 @@ def test_options_narrow_the_grid_for_a_custom_trainer_grid():
 
 
 def test_bad_options_are_errors_naming_the_option():
-    with pytest.raises(PlannerError, match="--backbones: unknown backbone 'resnet9'"):
+    with pytest.raises(PlannerError, match="^backbones: unknown backbone 'resnet9'"):
         build_grid(GridSpec(backbones=("resnet9",)), V100)
-    with pytest.raises(PlannerError, match="--checkpointing: .*chunk:K"):
+    with pytest.raises(PlannerError, match="^checkpointing: .*chunk:K"):
         build_grid(GridSpec(checkpointing=("chunk:0",)), V100)
-    with pytest.raises(PlannerError, match="--head: unknown head 'actionformer'"):
+    with pytest.raises(PlannerError, match="^head: unknown head 'actionformer'"):
         build_grid(GridSpec(head="actionformer"), V100)
     with pytest.raises(PlannerError, match="--batch: expected whole numbers"):
         parse_ints(["1,two"], "--batch")
+
+
+def test_field_errors_name_the_field_and_render_with_other_names():
+    error = FieldError(("tr", "sr"), "sr must be >= 32, got 16")
+    assert str(error) == "tr/sr: sr must be >= 32, got 16"
+    assert error.render(lambda field, value: f"--{field}") == "--tr/--sr: sr must be >= 32, got 16"
+    error = FieldError("precisions", "no bf16 here", value="bf16")
+    assert str(error) == "precisions bf16: no bf16 here" and isinstance(error, PlannerError)
+    assert error.render(lambda field, value: f"--precision={value}") == "--precision=bf16: no bf16 here"
+    assert str(FieldError("global_batch", "must be >= 1, got 0", separator=" ")) == "global_batch must be >= 1, got 0"
+    with pytest.raises(FieldError, match="^global_batch must be >= 1"):
+        build_grid(GridSpec(global_batch=0), V100)
 
 
 def test_select_fidelities_from_tr_sr_and_names():
@@ -93,7 +105,7 @@ def test_select_fidelities_from_tr_sr_and_names():
     assert fidelities == (Fidelity(100, 112), Fidelity(50, 112), Fidelity(25, 112))
     fidelities, cycles = select_fidelities(names=["T", "C"])
     assert fidelities == (T_LOFI,) and cycles == (C_LOFI_CYCLE,)
-    with pytest.raises(PlannerError, match="--fidelity: unknown name 'X'"):
+    with pytest.raises(PlannerError, match="^fidelity: unknown name 'X'"):
         select_fidelities(names=["X"])
     with pytest.raises(PlannerError, match="sr must be >= 32"):
         select_fidelities(trs=[25], srs=[16])

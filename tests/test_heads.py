@@ -12,7 +12,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lofi.errors import OptionError
 from lofi.models.boundary_matching import bmn_bm_sampling, dense_matrix, gtad_sgalign_sampling
-from lofi.models.heads import HeadOutput, build_head, constant_buffer_names
+from lofi.models.head_output import HeadOutput
+from lofi.models.heads import build_head, constant_buffer_names
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
 

@@ -95,13 +95,24 @@ def test_plan_nothing_fits_exits_3_with_levers(tmp_path):
     assert result.exit_code == 3
     text = " ".join(result.output.split())
     assert "nothing fits in 14.4 GiB per GPU" in text
-    assert "--checkpointing" in text and "--precision fp16" in text and "fewer snippets" in text
+    for lever in ("gradient checkpointing (--checkpointing block or chunk:K)",
+                  "half precision (--precision fp16, or bf16 where the GPU has it)",
+                  "a smaller batch per GPU with gradient accumulation (drop --no-accumulation)",
+                  "fewer snippets (--tr below 100)", "more GPUs (--gpus), which splits the global batch"):
+        assert lever in text
     assert not (tmp_path / "p.json").exists()
 
 
 def test_plan_bad_options_are_one_line_errors(tmp_path):
     result = run("plan", "--gpu", "v100-32gb", "--precision", "bf16", "--out", str(tmp_path / "p.json"))
-    assert result.exit_code == 2 and "v100-32gb (NVIDIA V100 SXM2 32GB) has no bf16" in result.output
+    assert result.exit_code == 2 and "--precision bf16: v100-32gb (NVIDIA V100 SXM2 32GB) has no bf16" in result.output
+    # planner errors name the field; the CLI names the option that sets it
+    result = run("plan", "--gpu", "v100-32gb", "--checkpointing", "chunk:0", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--checkpointing: checkpointing policy must be" in result.output
+    result = run("plan", "--gpu", "v100-32gb", "--margin", "1.5", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--margin must be in [0, 1), got 1.5" in result.output
+    result = run("plan", "--gpu", "v100-32gb", "--global-batch", "0", "--out", str(tmp_path / "p.json"))
+    assert result.exit_code == 2 and "--global-batch must be >= 1, got 0" in result.output
     result = run("plan", "--gpu", "b300", "--out", str(tmp_path / "p.json"))
     assert result.exit_code == 2 and "unknown GPU profile 'b300'" in result.output
     result = run("plan", "--gpu", "v100-32gb", "--videos", "5", "--annotations", "x.json")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lofi.data.sampling import (Run, TimestampGuesser, check_stride, decoded_fraction, frame_count,
                                 is_short, nearest_frames, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, plan_crop, resized_size
-from lofi.data.media import MediaSource
+from lofi.data.media_source import MediaSource
 from lofi.data.video import decode_plan, probe_video, read_clip, read_video_clip
 from lofi.errors import OptionError, VideoDecodeError
 from media_factory import (clip_indices, garbage_file, truncated_copy, write_audio_only,

@@ -8,7 +8,7 @@ import importlib
 import click
 
 from lofi import __version__
-from lofi.cli.console import fail
+from lofi.cli.console import error_message, fail
 
 # verb -> "module:attribute". Each module holds one thin click command.
 COMMANDS: dict[str, str] = {
@@ -51,7 +51,7 @@ class _LofiGroup(LazyGroup):
         try:
             return super().invoke(ctx)
         except (LofiError, PlannerError) as error:
-            fail(str(error), error.exit_code)
+            fail(error_message(error), error.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except OSError as error:  # a file system refusing a write (read-only, full, no permission)

@@ -2,7 +2,8 @@
 and clips decoded from videos or frame folders.
 
     annotations.py  ActivityNet/HACS/THUMOS JSON -> AnnotationSet of VideoRecord
-    media.py        video id -> MediaSource (file or frame folder); media vs annotations
+    media_source.py MediaSource (a file or frame folder), MediaInfo (what it says of itself)
+    media.py        video id -> MediaSource; media vs annotations, probed up front
     sampling.py     pure: which timestamps make TR snippets of F frames
     video.py        PyAV decoding -> (TR, F, 3, SR, SR) uint8; `read_clip`
     frames.py       the same from a folder of JPEG frames

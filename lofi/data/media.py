@@ -14,33 +14,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from lofi.data.annotations import VideoRecord, check_video_id
+from lofi.data.frames import probe_frames
+from lofi.data.media_source import MediaInfo, MediaSource
+from lofi.data.video import probe_video
 from lofi.errors import InputFileError, VideoDecodeError
 from planner.atomic_files import atomic_write_text
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 FIRST_FRAME = "img_00001.jpg"
 _PREFIXES = ("v_", "")  # ActivityNet files are v_<id>.mp4; ids in the JSON lack the v_
-
-
-@dataclass(frozen=True)
-class MediaSource:
-    video_id: str
-    path: Path  # the video file, or the folder of frames
-    kind: Literal["video", "frames"]
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What the container (or frame folder) says about itself."""
-
-    duration: float | None  # seconds; None when unknown (frames without a rate)
-    fps: float | None
-    frames: int | None  # frame count when known
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -128,12 +112,9 @@ def probe_media(source: MediaSource, *, fps: float | None = None, deep: bool = F
 
     fps: the frame rate of a frame folder (from the annotation); ignored for videos.
     deep: also read every packet of a video to detect truncation (reads the whole file)."""
-    from lofi.data import frames as frame_folder  # here, not at the top: they import us
-    from lofi.data import video
-
     if source.kind == "frames":
-        return frame_folder.probe_frames(source.path, fps=fps)
-    return video.probe_video(source.path, deep=deep)
+        return probe_frames(source.path, fps=fps)
+    return probe_video(source.path, deep=deep)
 
 
 def check_media(

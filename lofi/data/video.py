@@ -31,7 +31,8 @@ import av
 import numpy as np
 import torch
 
-from lofi.data.media import MediaInfo, MediaSource
+from lofi.data.frames import read_frames_clip
+from lofi.data.media_source import MediaInfo, MediaSource
 from lofi.data.sampling import (DEFAULT_FPS, MIN_SKIP_FRAMES, STRIDE, Run, TimestampGuesser,
                                 check_stride, near_any, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, CropPlan, crop_plane, plan_crop
@@ -66,8 +67,6 @@ def read_clip(
     unreadable media."""
     stride = check_stride(stride)
     if source.kind == "frames":
-        from lofi.data.frames import read_frames_clip
-
         return read_frames_clip(source.path, fidelity, duration=duration, fps=fps,
                                 augment=augment, rng=rng, stride=stride)
     return read_video_clip(source.path, fidelity, duration=duration, augment=augment, rng=rng,

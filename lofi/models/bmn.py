@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix
-from lofi.models.heads import HeadOutput
+from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256
 HIDDEN_2D = 128

@@ -1,8 +1,7 @@
 """Gradient checkpointing for the video encoders: the policy string and one checkpoint
 segment that recomputes without touching BatchNorm running statistics twice.
 
-Policies (the planner's `Candidate.checkpointing`, parsed by
-`planner.candidate.parse_checkpointing`):
+Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpointing.parse`):
 
     none      keep every activation for backward
     block     every residual block is one segment (timm `set_grad_checkpointing`)
@@ -27,17 +26,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from lofi.errors import OptionError
-from planner.candidate import parse_checkpointing
+from planner import checkpointing
+from planner.checkpointing import Checkpointing
 
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def parse_policy(policy: str) -> tuple[str, int | None]:
-    """'none' | 'block' | 'chunk:K' -> (kind, K); anything else is an OptionError."""
+def parse_policy(policy: str) -> Checkpointing:
+    """'none' | 'block' | 'chunk:K' -> Checkpointing; anything else is an OptionError."""
     if not isinstance(policy, str):
         raise OptionError(f"checkpointing policy must be a string (none, block or chunk:K), got {policy!r}")
     try:
-        return parse_checkpointing(policy)
+        return checkpointing.parse(policy)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
 

@@ -91,9 +91,9 @@ class VideoEncoder(nn.Module):
         return self._policy
 
     def set_grad_checkpointing(self, policy: str = "block") -> None:
-        kind, size = parse_policy(policy)
+        parsed = parse_policy(policy)
         self._policy = policy
-        self._chunk = size if kind == "chunk" else None
+        self._chunk = parsed.size if parsed.kind == "chunk" else None
 
     def run_block(self, block: nn.Module, x: Tensor, *args: object) -> Tensor:
         """One residual block, a checkpoint segment of its own under policy 'block'."""

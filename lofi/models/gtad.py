@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling
-from lofi.models.heads import HeadOutput
+from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
 HIDDEN_2D = 128  # opts.h_dim_2d

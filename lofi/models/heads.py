@@ -1,6 +1,6 @@
 """The temporal-action-localization heads by name: `build_head("gtad" | "bmn", ...)`.
 
-Every head maps snippet features (B, C, T) to a `HeadOutput`: start and end boundary
+Every head maps snippet features (B, C, T) to a `HeadOutput` (`head_output.py`): start and end boundary
 probabilities (B, T) and a confidence map (B, 2, T, T) laid out (duration, start),
 channel 0 = IoU regression, channel 1 = classification. The anchor convention is in
 `lofi.models.labels`. Heads build on the `meta` device and trace under FakeTensorMode
@@ -15,35 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from numbers import Integral
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lofi.errors import OptionError
+from lofi.models.bmn import BMN
+from lofi.models.boundary_matching import SamplingLayer
+from lofi.models.gtad import GTAD
 
 MIN_TEMPORAL_DIM = 4
 
 
-class HeadOutput(NamedTuple):
-    start: Tensor  # (B, T) start-boundary probability
-    end: Tensor  # (B, T) end-boundary probability
-    confidence_map: Tensor  # (B, 2, T, T): [IoU regression, classification] x (duration, start)
-
-
-def _gtad(**kwargs) -> nn.Module:
-    from lofi.models.gtad import GTAD
-
-    return GTAD(**kwargs)
-
-
-def _bmn(**kwargs) -> nn.Module:
-    from lofi.models.bmn import BMN
-
-    return BMN(**kwargs)
-
-
-HEADS: dict[str, Callable[..., nn.Module]] = {"gtad": _gtad, "bmn": _bmn}
+HEADS: dict[str, Callable[..., nn.Module]] = {"gtad": GTAD, "bmn": BMN}
 
 
 def _valid_temporal_dim(t: object) -> bool:
@@ -93,8 +78,6 @@ def constant_buffer_names(module: nn.Module) -> list[str]:
     pass them to DDP's `_set_params_and_buffers_to_ignore_for_model` (or use
     broadcast_buffers=False) so that DDP does not re-broadcast ~150 MB per forward at
     T = 100."""
-    from lofi.models.boundary_matching import SamplingLayer
-
     names = []
     for prefix, sub in module.named_modules():
         if isinstance(sub, SamplingLayer):

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from lofi.models.encoders import build_encoder
-from lofi.models.heads import HeadOutput, build_head
+from lofi.models.head_output import HeadOutput
+from lofi.models.heads import build_head
 
 # The plan's optimizer names (planner.candidate.OPTIMIZERS) -> (torch optimizer, momentum).
 # PAPER.md, "LoFi optimisation": SGD, momentum 0; sgd_momentum is the common 0.9.

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from lofi.data.annotations import VideoRecord
 from lofi.data.dataset import ClipBatch, VideoDataset, collate_clips
-from lofi.data.media import MediaSource
+from lofi.data.media_source import MediaSource
 from lofi.data.transforms import Augment
 from lofi.errors import OptionError
 from lofi.models.encoders import VideoEncoder, build_encoder

@@ -1,0 +1,42 @@
+"""planner.checkpointing: the one parser of a checkpointing policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner import checkpointing
+from planner.candidate import Candidate
+from planner.checkpointing import Checkpointing
+from planner.fidelity import Fidelity
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("none", Checkpointing("none")),
+    ("block", Checkpointing("block")),
+    ("chunk:4", Checkpointing("chunk", 4)),
+    ("chunk:1", Checkpointing("chunk", 1)),
+])
+def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
+    assert checkpointing.parse(text) == parsed
+    assert parsed.label == text
+
+
+@pytest.mark.parametrize("text", ["", "chunk", "chunk:", "chunk:0", "chunk:-2", "chunk:x", "block:2", "none:",
+                                  "Block", "chunks:4", None, 4])
+def test_parse_rejects_anything_else_naming_the_value(text):
+    with pytest.raises(ValueError, match=r"must be none, block or chunk:K \(K >= 1\), got " + repr(repr(text))[1:-1]):
+        checkpointing.parse(text)
+
+
+def test_recomputation_orders_the_kinds():
+    order = sorted(["chunk:2", "none", "block"], key=lambda text: checkpointing.parse(text).recomputation)
+    assert order == ["none", "block", "chunk:2"]
+    assert not checkpointing.parse("none").enabled and checkpointing.parse("chunk:3").enabled
+
+
+def test_candidate_keeps_the_text_and_parses_it():
+    candidate = Candidate("tsm_r18", "gtad", 2, fidelity=Fidelity(16, 112), checkpointing="chunk:8")
+    assert candidate.checkpointing == "chunk:8"
+    assert candidate.policy == Checkpointing("chunk", 8)
+    with pytest.raises(ValueError, match="chunk:K"):
+        Candidate("tsm_r18", "gtad", 2, fidelity=Fidelity(16, 112), checkpointing="chunk:0")

@@ -59,7 +59,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
     from planner.nvml import resolve_target
     from planner.plan_file import Hardware, entries_from_ranking, plan_to_dict, save_plan
-    from planner.planning import PlanRequest, estimate_and_rank, plan_from_request
+    from planner.planning import PlanRequest, plan_from_request
     from planner.profiles import list_profiles
 
     fidelities, cycles = select_fidelities(parse_ints(tr, "--tr"), parse_ints(sr, "--sr"), parse_list(fidelity_names, "--fidelity"))

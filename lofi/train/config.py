@@ -151,12 +151,6 @@ def encoder_bn_mode(config: TrainConfig) -> str:
     return requested_bn_mode(config.bn_mode, config.freeze_bn) or default_bn_mode(config.pretrained is not None)
 
 
-def bn_frozen(config: TrainConfig) -> bool:
-    """True unless every BatchNorm layer trains its statistics in the LoFi stage; trained
-    statistics are re-estimated at full fidelity before features."""
-    return encoder_bn_mode(config) != "train"
-
-
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

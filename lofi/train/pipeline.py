@@ -31,7 +31,7 @@ from lofi.models.heads import build_head
 from lofi.models.lofi_model import build_lofi_model
 from lofi.train.bn_init import estimate_batchnorm_statistics
 from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import TrainConfig, bn_frozen, config_to_dict, encoder_bn_mode
+from lofi.train.config import TrainConfig, config_to_dict, encoder_bn_mode
 from lofi.train.distributed import DistContext, agree, barrier, gather
 from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
 from lofi.train.fallback import next_candidate

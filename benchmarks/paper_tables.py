@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -125,9 +126,12 @@ def run_name(setting: Setting, seed: int) -> str:
     return f"{setting.key}-seed{seed}"
 
 
-def run(command: list[str], log: Path) -> float:
-    """Run a step, its output into `log`; returns the wall seconds; raises on failure."""
+def run(command: list[str], log: Path) -> tuple[float, float]:
+    """Run a step, its output into `log`; returns its wall seconds and the CPU seconds
+    (user + system) of its processes; raises on failure. CPU time is what a shared
+    machine's load changes least: wall time grows with the load, CPU time barely."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with log.open("a") as out:
         out.write("$ " + " ".join(command) + "\n")
@@ -136,7 +140,9 @@ def run(command: list[str], log: Path) -> float:
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     if code:
         raise click.ClickException(f"`{' '.join(command[2:5])} ...` failed with exit code {code}; see {log}")
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 # -- plans ------------------------------------------------------------------------------
@@ -237,11 +243,12 @@ def table_rows(settings: list[Setting], summaries: dict[str, list[dict]], offici
         ends = [headline(m) for m in official.get(setting.key, [])]
         delta = [e["mAP"] - s["mAP"] for s, e in zip(scores, ends)]
         minutes = [s["wall_seconds"] / 60 for s in runs]
+        cpu = [s["cpu_seconds"] / 60 for s in runs if "cpu_seconds" in s]
         planned = [s["stages"]["lofi"].get("planned_reserved_bytes") for s in runs if "lofi" in s["stages"]]
         memory = f"{planned[0] / 2**20:.0f} MiB" if planned and planned[0] else "–"
         rows.append(f"| {setting.label} | {len(runs)} | {mean_std([x['mAP'] for x in scores])} | "
                     f"{mean_std([x['AR@100'] for x in scores])} | {mean_std([x['AUC'] for x in scores])} | "
-                    f"{mean_std([e['mAP'] for e in ends])} ({mean_std(delta, signed=True)}) | {mean_std(minutes)} | {memory} |")
+                    f"{mean_std([e['mAP'] for e in ends])} ({mean_std(delta, signed=True)}) | {mean_std(minutes)} | {mean_std(cpu)} | {memory} |")
     return rows
 
 
@@ -258,6 +265,7 @@ def render(settings, summaries, official, commands: list[str], scale_name: str, 
     order = sorted(((statistics.mean([headline(s["metrics"])["mAP"] for s in runs]), key)
                     for key, runs in summaries.items() if runs), reverse=True)
     labels = {s.key: s.label for s in settings}
+    cpu_total = sum(s.get("cpu_seconds", 0.0) for runs in summaries.values() for s in runs)
     lines = [
         "# The paper's comparisons at synthetic scale",
         "",
@@ -266,11 +274,14 @@ def render(settings, summaries, official, commands: list[str], scale_name: str, 
         f"invocation. Seeds {', '.join(map(str, seeds))}. TSM-R18 encoder, G-TAD head, percent, mean ± sample "
         "std over the seeds. `official end`: the same heads evaluated with the official BMN/G-TAD rule that no "
         "proposal ends after (T−1)/T (`--proposal-end official`), and its change of average mAP. Time: wall "
-        "minutes of each `lofi train` run (the shared pre-training not included). Memory: the plan's reserved "
-        "peak for the LoFi stage (on this CPU: estimated, not measured).",
+        "minutes of each `lofi train` run (the shared pre-training not included) and its CPU minutes (user + "
+        "system of its processes: what the run costs, which the load of a shared machine changes far less than "
+        f"wall time; all runs: {cpu_total / 60:.0f} CPU min). Load average when this invocation ended: "
+        f"{os.getloadavg()[0]:.1f}. Memory: the plan's reserved peak for the LoFi stage (on this CPU: estimated, "
+        "not measured).",
         "",
-        "| setting | runs | average mAP | AR@100 | AUC | official end: mAP (Δ) | minutes | planned memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | runs | average mAP | AR@100 | AUC | official end: mAP (Δ) | wall min | CPU min | planned memory |",
+        "|---|---|---|---|---|---|---|---|---|",
         *table_rows(settings, summaries, official),
         "",
         "Ordering by mean average mAP: " + " > ".join(labels[k] for _, k in order) + ".",
@@ -328,9 +339,10 @@ def main(scale_name: str, seeds: str, root: Path | None, out: Path | None, only:
             commands.append(shown(command).replace(" --resume", " --overwrite"))
             summary = finished(run_dir)
             if summary is None:
-                seconds = run(command, log)
+                seconds, cpu = run(command, log)
                 document = json.loads((run_dir / "summary.json").read_text())
                 document["wall_seconds"] = round(seconds + document.get("wall_seconds", 0.0), 1)
+                document["cpu_seconds"] = round(cpu + document.get("cpu_seconds", 0.0), 1)
                 atomic_write_json(run_dir / "summary.json", document)
                 summary = finished(run_dir)
             summaries.setdefault(setting.key, []).append(summary)

@@ -47,7 +47,7 @@ def test_train_command_and_resume(bench, tmp_path):
 def test_table_rows_mean_and_std(bench):
     def summary(mAP, seconds):
         metrics = {"detection": {"average_mAP": mAP}, "proposals": {"AR@100": 0.5, "AUC": 0.4}}
-        return {"metrics": metrics, "wall_seconds": seconds,
+        return {"metrics": metrics, "wall_seconds": seconds, "cpu_seconds": 2 * seconds,
                 "stages": {"lofi": {"planned_reserved_bytes": 3 * 2**20}}}
 
     settings = bench.paper_settings(Fidelity(16, 64, 4))[1:2]
@@ -55,5 +55,5 @@ def test_table_rows_mean_and_std(bench):
     official = [r["metrics"] for r in (summary(0.19, 0), summary(0.28, 0))]
     (row,) = bench.table_rows(settings, {"s": runs}, {"s": official})
     assert row.startswith("| S-LoFi 16/32 | 2 | 25.00 ± 7.07 | 50.00 ± 0.00 | 40.00 ± 0.00 | 23.50 ± 6.36 (-1.50 ± 0.71)")
-    assert row.endswith("| 1.50 ± 0.71 | 3 MiB |")
+    assert row.endswith("| 1.50 ± 0.71 | 3.00 ± 1.41 | 3 MiB |")
     assert bench.mean_std([]) == "–" and bench.mean_std([1.0]) == "1.00" and bench.mean_std([1.0], signed=True) == "+1.00"

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from lofi.errors import OptionError
-from lofi.train.config import TrainConfig
+from lofi.train.config import TrainConfig, encoder_bn_mode
 from planner.candidate import Candidate
 from planner.plan_file import Plan
 
@@ -45,8 +45,6 @@ def check_plan(plan: Plan, config: TrainConfig, device: torch.device, *, force: 
 def batchnorm_notes(config: TrainConfig) -> list[str]:
     """A random-init encoder whose BatchNorm statistics the plan keeps (partly) fixed
     learns poorly (docs/synthetic.md): say so, and how to plan for it."""
-    from lofi.train.config import encoder_bn_mode
-
     mode = encoder_bn_mode(config)
     if config.pretrained is not None or config.baseline or mode == "train":
         return []

@@ -109,7 +109,7 @@ def data_args(root: Path, scale: Scale) -> list[str]:
 
 
 def train_command(root: Path, scale: Scale, setting: Setting, seed: int, *, resume: bool) -> list[str]:
-    """`lofi train` for one run: the synthetic CPU recipes of lofi/train/defaults.py
+    """`lofi train` for one run: the synthetic CPU recipes of lofi/train/config.py
     spelled out (the data is passed as a user's, so nothing is implicit)."""
     plan = root / "plans" / f"{'s' if setting.fidelities is None else setting.key}.json"
     args = ["train", "--plan", str(plan), *data_args(root, scale),
@@ -148,10 +148,10 @@ def run(command: list[str], log: Path) -> tuple[float, float]:
 # -- plans ------------------------------------------------------------------------------
 
 def make_plans(root: Path, settings: list[Setting], videos: int) -> None:
-    """One CPU plan per LoFi setting (the CPU grid of lofi/train/defaults.py restricted
+    """One CPU plan per LoFi setting (the CPU grid of lofi/train/config.py restricted
     to that fidelity or cycle); kept, so a resumed benchmark plans nothing again."""
     from lofi.plan_workload import lofi_workload
-    from lofi.train import defaults
+    from lofi.train.config import CPU_GRID
     from planner.cpu_speed import with_measured_speed
     from lofi.models.lofi_model import plan_bn_name
     from lofi.train.config import PRETRAINED_BN_MODE
@@ -166,7 +166,7 @@ def make_plans(root: Path, settings: list[Setting], videos: int) -> None:
             continue
         profile = profile or with_measured_speed(get_profile("cpu"))
         single = len(setting.fidelities) == 1
-        spec = replace(defaults.CPU_GRID, fidelities=setting.fidelities if single else (),
+        spec = replace(CPU_GRID, fidelities=setting.fidelities if single else (),
                        cycles=() if single else (setting.fidelities,),
                        batchnorm=plan_bn_name(PRETRAINED_BN_MODE))  # every run starts pre-trained
         request = PlanRequest(spec, profile, videos_per_epoch=videos, dataset="synthetic (paper_tables.py)")

@@ -69,7 +69,7 @@ def measure(document: dict, *, capacity: int | None = None) -> dict:
 
     candidate = candidate_from_dict(document, "--candidate")
     if candidate.alloc_conf:
-        from lofi.train.alloc_conf import apply_alloc_conf
+        from lofi.train.plan_check import apply_alloc_conf
 
         apply_alloc_conf(candidate.alloc_conf)  # before CUDA starts
     baseline = _nvml_used(0)  # before this process creates a CUDA context

@@ -46,11 +46,11 @@ from torch import Tensor, nn
 
 from lofi.models.encoder_checkpointing import run_segment
 from lofi.models.encoders import VideoEncoder
-from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
+from lofi.models.lofi_model import PLAN_BN_MODES, build_lofi_model
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
 from planner.trace import active_recorder
-from planner.workload import ModelSpec, StepSpec
+from planner.workload import ModelSpec, StepSpec, sgd_or_adam
 
 WORKLOAD_NAME = "lofi-tal/2"  # bump when the inputs or the step change (trace cache key)
 REAL_CHUNKS = 3  # chunks traced for real; the others are synthesized from the middle one
@@ -91,8 +91,7 @@ class LofiWorkload:
         return model
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
-        name, momentum = PLAN_OPTIMIZERS[step.optimizer]
-        return build_optimizer(model.parameters(), name, lr=0.1, momentum=momentum, foreach=step.target == "cuda")
+        return sgd_or_adam(model, step)  # the builder the trainer uses too (lofi.train.loop)
 
     def make_batch(self, step: StepSpec, batch_size: int, device: torch.device) -> LofiBatch:
         f = step.model.fidelity

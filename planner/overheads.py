@@ -13,7 +13,6 @@ handle and stream, the cuDNN convolution workspace), which the replay allocates
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from planner.allocator import CachingAllocatorModel
 from planner.errors import ProfileError
 from planner.hardware import GpuProfile
+from planner.strict_json import Node, read_json_document
 
 
 @dataclass(frozen=True)
@@ -72,37 +72,21 @@ def load_overheads(path: Path | None = None) -> Overheads:
 
 @lru_cache(maxsize=8)
 def _load(path: str) -> Overheads:
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ProfileError(f"cannot read {path}: {error.strerror or error}") from error
-    except json.JSONDecodeError as error:
-        raise ProfileError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
-    if not isinstance(document, dict):
-        raise ProfileError(f"{path}: expected a JSON object")
-    known = {"version", "calibration", *_CONSTANTS}
-    unknown, missing = sorted(set(document) - known), sorted(known - set(document))
-    if unknown:
-        raise ProfileError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    if missing:
-        raise ProfileError(f"{path}: missing key(s) {', '.join(missing)}")
+    root = Node(read_json_document(path, ProfileError, "overheads file"), path, error=ProfileError)
+    known = ("version", "calibration", *_CONSTANTS)
+    root.fields(known, known)
     constants = {}
     for name in _CONSTANTS:
-        entry = document[name]
-        if not isinstance(entry, dict) or set(entry) != {"value", "source"}:
-            raise ProfileError(f"{path}: {name} must be an object with exactly 'value' and 'source'")
-        value, source = entry["value"], entry["source"]
+        entry = root.obj(name)
+        entry.fields(("value", "source"), ("value", "source"))
+        value = entry.get("value")
         if not isinstance(value, (int, float)) or (not isinstance(value, bool) and value < 0):
-            raise ProfileError(f"{path}: {name}.value must be a number >= 0 (or a boolean), got {value!r}")
-        if not isinstance(source, str) or not source.strip():
-            raise ProfileError(f"{path}: {name}.source must name where the value comes from")
+            raise entry.fail("value", f"must be a number >= 0 (or a boolean), got {value!r}")
+        source = entry.str("source")
+        if not source.strip():
+            raise entry.fail("source", "must name where the value comes from")
         constants[name] = Constant(value, source)
-    calibration = document["calibration"]
-    if calibration is not None and not isinstance(calibration, str):
-        raise ProfileError(f"{path}: calibration must be null or a string, got {calibration!r}")
-    if not isinstance(document["version"], int):
-        raise ProfileError(f"{path}: version must be an integer")
-    return Overheads(version=document["version"], calibration=calibration, **constants)
+    return Overheads(version=root.int("version"), calibration=root.str("calibration", optional=True), **constants)
 
 
 def context_bytes(profile: GpuProfile, overheads: Overheads) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 from planner.strict_json import Node as _Node
 from planner.strict_json import kind as _kind
-from planner.strict_json import read_json_file
+from planner.strict_json import read_json_document
 
 SCHEMA = "lofi.plan"
 VERSION = 2  # 2: needed capacity, unconstrained reserved peak, cache releases, expandable segments
@@ -96,6 +97,26 @@ class Plan:
     candidates: tuple[PlanEntry, ...]
     notices: tuple[str, ...] = ()
     created: str = ""
+
+    def entry_for(self, candidate: Candidate) -> PlanEntry | None:
+        """The plan's entry of `candidate`; None when the plan does not rank it."""
+        return next((entry for entry in self.candidates if entry.candidate == candidate), None)
+
+    def next_smaller(self, failed: Candidate, tried: Collection[Candidate] = ()) -> PlanEntry | None:
+        """What to train after `failed` ran out of memory despite the plan: the first
+        entry in rank order (best first) that fits, was not tried, is estimated below
+        `failed` and trains the same model (backbone and head: the weights trained so far
+        carry over); None when there is none."""
+        failed_entry = self.entry_for(failed)
+        for entry in sorted(self.candidates, key=lambda e: e.rank):
+            if entry.candidate == failed or entry.candidate in tried or not entry.fits:
+                continue
+            if failed_entry is not None and entry.total_bytes >= failed_entry.total_bytes:
+                continue
+            if (entry.candidate.backbone, entry.candidate.head) != (failed.backbone, failed.head):
+                continue
+            return entry
+        return None
 
 
 def plan_from_ranking(
@@ -226,16 +247,8 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> Path:
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
-    source = Path(path)
-    try:
-        document = read_json_file(source)
-    except FileNotFoundError as error:
-        raise PlanFileError(f"plan file not found: {source} (run `lofi plan` to make one)") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise PlanFileError(f"cannot read plan file {source}: {error}") from error
-    except json.JSONDecodeError as error:
-        raise PlanFileError(f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from error
-    return plan_from_dict(document, str(source))
+    document = read_json_document(path, PlanFileError, "plan file", missing_hint=" (run `lofi plan` to make one)")
+    return plan_from_dict(document, str(path))
 
 
 def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:

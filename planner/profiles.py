@@ -9,7 +9,6 @@ available when the planner runs, read here at run time (see profiles/README.md).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import planner
 from planner.errors import ProfileError
 from planner.hardware import GpuProfile
+from planner.strict_json import Node, read_json_document
 
 PROFILES_ENV = "LOFI_PROFILES"
 DEFAULT_GPU = "v100-32gb"  # the paper's hardware (PAPER.md: 4 x V100 32 GB; supp. 1 x V100)
@@ -65,15 +65,7 @@ def available_ram_bytes() -> int:
 
 def profile_from_dict(document: Any, origin: str) -> GpuProfile:
     """Validate one profile document; `origin` (a file name) goes into every message."""
-    if not isinstance(document, dict):
-        raise ProfileError(f"{origin}: a profile is a JSON object, got {type(document).__name__}")
-    unknown = sorted(set(document) - set(_FIELDS))
-    if unknown:
-        raise ProfileError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
-    missing = sorted(_REQUIRED - set(document))
-    if missing:
-        raise ProfileError(f"{origin}: missing key(s) {', '.join(missing)}")
-    values = dict(document)
+    values = Node(document, origin, error=ProfileError).fields(_FIELDS, _REQUIRED)
     for key in ("name", "display_name", "source"):
         if not isinstance(values[key], str) or not values[key].strip():
             raise ProfileError(f"{origin}: {key} must be a non-empty string, got {values[key]!r}")
@@ -106,13 +98,7 @@ def profile_from_dict(document: Any, origin: str) -> GpuProfile:
 
 
 def load_profile(path: Path) -> GpuProfile:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ProfileError(f"cannot read profile {path}: {error.strerror or error}") from error
-    except json.JSONDecodeError as error:
-        raise ProfileError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
-    profile = profile_from_dict(document, str(path))
+    profile = profile_from_dict(read_json_document(path, ProfileError, "GPU profile"), str(path))
     if profile.name != path.stem:
         raise ProfileError(f"{path}: name {profile.name!r} differs from the file name {path.stem!r}")
     return profile

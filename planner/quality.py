@@ -20,7 +20,6 @@ are re-ordered inside those positions by their evidence (rule 1 wins where it ap
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +31,7 @@ from planner.candidate import Candidate
 from planner.errors import ProfileError
 from planner.fidelity import FULL, Fidelity
 from planner.profiles import profiles_dir
+from planner.strict_json import Node, read_json_document
 
 ConfigKey = tuple[str, tuple[Fidelity, ...], bool]  # (backbone, fidelities, is_cycle)
 
@@ -97,28 +97,15 @@ def volume_bin(volume: float) -> float:
 
 def load_evidence(root: Path | None = None) -> tuple[Evidence, ...]:
     path = (root if root is not None else profiles_dir()) / "evidence.json"
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ProfileError(f"cannot read {path}: {error.strerror or error}") from error
-    except json.JSONDecodeError as error:
-        raise ProfileError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
-    return evidence_from_dict(document, str(path))
+    return evidence_from_dict(read_json_document(path, ProfileError, "evidence file"), str(path))
 
 
 def evidence_from_dict(document: Any, origin: str) -> tuple[Evidence, ...]:
-    if not isinstance(document, dict):
-        raise ProfileError(f"{origin}: expected a JSON object")
-    known = {"schema", "metric", "dataset", "note", "configurations", "baselines"}
-    unknown = sorted(set(document) - known)
-    if unknown:
-        raise ProfileError(f"{origin}: unknown key(s) {', '.join(unknown)}")
-    if document.get("schema") != 1:
-        raise ProfileError(f"{origin}: schema must be 1, got {document.get('schema')!r}")
-    rows = document.get("configurations")
-    if not isinstance(rows, list):
-        raise ProfileError(f"{origin}: configurations must be a list")
-    return tuple(_evidence_row(row, f"{origin}: configurations[{i}]") for i, row in enumerate(rows))
+    root = Node(document, origin, error=ProfileError)
+    root.fields(("schema", "metric", "dataset", "note", "configurations", "baselines"), ("schema", "configurations"))
+    if root.get("schema") != 1:
+        raise root.fail("schema", f"must be 1, got {root.get('schema')!r}")
+    return tuple(_evidence_row(row) for row in root.list("configurations"))
 
 
 def rank_quality(candidates: Iterable[Candidate], evidence: Sequence[Evidence]) -> dict[ConfigKey, Quality]:
@@ -196,27 +183,23 @@ def _facts(key: ConfigKey, own: dict, evidence: Sequence[Evidence]) -> dict[str,
     }
 
 
-def _evidence_row(row: Any, origin: str) -> Evidence:
-    if not isinstance(row, dict):
-        raise ProfileError(f"{origin}: expected an object")
-    known = {"backbone", "fidelity", "cycle", "cycle_schedule", "avg_map", "head", "hardware", "source"}
-    unknown = sorted(set(row) - known)
-    if unknown:
-        raise ProfileError(f"{origin}: unknown key(s) {', '.join(unknown)}")
-    if ("fidelity" in row) == ("cycle" in row):
-        raise ProfileError(f"{origin}: needs exactly one of fidelity and cycle")
+def _evidence_row(row: Node) -> Evidence:
+    values = row.fields(("backbone", "fidelity", "cycle", "cycle_schedule", "avg_map", "head", "hardware", "source"))
+    if ("fidelity" in values) == ("cycle" in values):
+        raise row.fail(None, "needs exactly one of fidelity and cycle")
     for name in ("backbone", "head", "hardware", "source"):
-        if not isinstance(row.get(name), str) or not row[name]:
-            raise ProfileError(f"{origin}: {name} must be a non-empty string")
-    value = row.get("avg_map")
+        if not isinstance(values.get(name), str) or not values[name]:
+            raise row.fail(name, "must be a non-empty string")
+    value = values.get("avg_map")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProfileError(f"{origin}: avg_map must be a number, got {value!r}")
-    pairs = [row["fidelity"]] if "fidelity" in row else row["cycle"]
+        raise row.fail("avg_map", f"must be a number, got {value!r}")
+    pairs = [values["fidelity"]] if "fidelity" in values else values["cycle"]
     try:
         fidelities = tuple(Fidelity(int(tr), int(sr)) for tr, sr in pairs)
     except (TypeError, ValueError) as error:
-        raise ProfileError(f"{origin}: fidelities are [TR, SR] pairs ({error})") from error
-    return Evidence(row["backbone"], fidelities, "cycle" in row, float(value), row["head"], row["hardware"], row["source"])
+        raise row.fail("cycle" if "cycle" in values else "fidelity", f"fidelities are [TR, SR] pairs ({error})") from None
+    return Evidence(values["backbone"], fidelities, "cycle" in values, float(value), values["head"], values["hardware"],
+                    values["source"])
 
 
 def _label(key: ConfigKey) -> str:

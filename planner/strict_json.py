@@ -1,26 +1,74 @@
-"""Strict reading of a JSON document: every value knows its path, so a message names
-the field (`plan.json: candidates[3].estimate.memory.activations: missing`), and `done()`
-rejects keys nobody asked for. Errors are PlanFileError."""
+"""The one strict reader of lofi's JSON files (plans, configs, profiles, overheads, the
+paper's evidence, annotations, results).
+
+`read_json_document` reads a file capped in size and depth (`read_json_file`) and turns
+every way it can fail into one error of the caller's type naming the file (missing, a
+directory, unreadable, not UTF-8, malformed with line and column, too large or too
+deep). `Node` then gives typed access in which every value knows its path, so a message
+names the field (`plan.json: candidates[3].estimate.memory.activations: missing`),
+`fields()` checks an object's keys against the known and required ones, and `done()`
+rejects keys nobody asked for; `build_dataclass` makes a frozen dataclass of an object
+that way. Errors are the caller's type (PlanFileError unless given)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanFileError
 
 
-class Node:
-    """A JSON value with its path, for messages such as `plan.json: chosen.tr: ...`."""
+def read_json_document(path: str | os.PathLike, error: type[Exception], what: str = "JSON file", *,
+                       missing_hint: str = "") -> Any:
+    """The JSON value in `path` (read by `read_json_file`); any failure is one `error`
+    whose message names `what` and the file (and, for a missing file, `missing_hint`)."""
+    path = Path(path)
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}{missing_hint}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what}") from None
+    except OSError as failure:
+        raise error(f"cannot read {what} {path}: {failure.strerror or failure}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as failure:
+        raise error(f"{path}: not valid JSON (line {failure.lineno}, column {failure.colno}: {failure.msg})") from None
 
-    def __init__(self, value: Any, origin: str, path: str):
-        self.value, self.origin, self.path = value, origin, path
+
+class Node:
+    """A JSON value with its path, for messages such as `plan.json: chosen.tr: ...`;
+    errors are `error` (PlanFileError by default)."""
+
+    def __init__(self, value: Any, origin: str, path: str = "", error: type[Exception] = PlanFileError):
+        self.value, self.origin, self.path, self.error = value, origin, path, error
         self.seen: set[str] = set()
 
-    def fail(self, key: str | None, message: str) -> PlanFileError:
+    def fail(self, key: str | None, message: str) -> Exception:
         where = ".".join(p for p in (self.path, key) if p)
-        return PlanFileError(f"{self.origin}: {where or 'top level'}: {message}")
+        return self.error(f"{self.origin}: {where or 'top level'}: {message}")
+
+    def _at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fields(self, known: Collection[str], required: Collection[str] = ()) -> dict[str, Any]:
+        """This object's keys and values, all marked seen: an error for a key not in
+        `known` (naming the known ones) and for a `required` key that is absent."""
+        if not isinstance(self.value, dict):
+            raise self.fail(None, f"expected an object, got {kind(self.value)}")
+        unknown = sorted(set(self.value) - set(known))
+        if unknown:
+            raise self.fail(None, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        missing = sorted(set(required) - set(self.value))
+        if missing:
+            raise self.fail(None, f"missing key(s) {', '.join(missing)}")
+        self.seen.update(self.value)
+        return dict(self.value)
 
     def get(self, key: str) -> Any:
         if not isinstance(self.value, dict):
@@ -31,7 +79,7 @@ class Node:
         return self.value[key]
 
     def child(self, key: str) -> Node:
-        return Node(self.get(key), self.origin, f"{self.path}.{key}" if self.path else key)
+        return Node(self.get(key), self.origin, self._at(key), self.error)
 
     def obj(self, key: str) -> Node:
         node = self.child(key)
@@ -46,8 +94,8 @@ class Node:
         value = self.get(key)
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list, got {kind(value)}")
-        base = f"{self.path}.{key}" if self.path else key
-        return [Node(item, self.origin, f"{base}[{i}]") for i, item in enumerate(value)]
+        base = self._at(key)
+        return [Node(item, self.origin, f"{base}[{i}]", self.error) for i, item in enumerate(value)]
 
     def int(self, key: str, minimum: int = 0, optional: bool = False) -> Any:
         value = self.get(key)
@@ -88,6 +136,25 @@ class Node:
         unknown = sorted(set(self.value) - self.seen)
         if unknown:
             raise self.fail(None, f"unknown key(s) {', '.join(unknown)}")
+
+
+def build_dataclass(node: Node, cls: type, nested: Mapping[str, type] | None = None) -> Any:
+    """The frozen dataclass `cls` from the object `node`: its keys must be fields of `cls`
+    (the ones without a default required); the value of a key named in `nested` (unless
+    null) is built the same way as that dataclass. A value `cls` refuses (a ValueError
+    or TypeError from its checks) is an error naming the object's path."""
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    values = node.fields([f.name for f in fields], required)
+    nested = nested or {}
+    for key, value in values.items():
+        if key in nested and value is not None:
+            values[key] = build_dataclass(node.child(key), nested[key], nested)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise node.fail(None, str(error)) from None
 
 
 def kind(value: Any) -> str:

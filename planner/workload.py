@@ -17,7 +17,7 @@ The training step the planner assumes (and the trainer must keep):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -124,20 +124,51 @@ class Workload(Protocol):
         ...
 
 
+# The plan's optimizer names (planner.candidate.OPTIMIZERS) -> (torch optimizer, momentum).
+# PAPER.md, "LoFi optimisation": SGD, momentum 0; sgd_momentum is the common 0.9.
+OPTIMIZER_SETTINGS = {"sgd": ("sgd", 0.0), "sgd_momentum": ("sgd", 0.9), "adam": ("adam", 0.0)}
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter],
+    name: str,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 1e-4,
+    foreach: bool | None = None,
+) -> torch.optim.Optimizer:
+    """SGD (with or without momentum) or Adam over the trainable `parameters`: the one
+    optimizer builder, which the planner traces (`sgd_or_adam`) and a trainer builds its
+    optimizer with, so that what is planned is what is trained. `foreach=None` lets
+    PyTorch choose (multi-tensor on CUDA, per-tensor on the CPU: torch/optim/optimizer.py
+    `_default_to_fused_or_foreach`); the planner passes what that choice would be on its
+    target."""
+    trainable = [p for p in parameters if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+    if name == "adam":
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, foreach=foreach)
+    raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
+
+
+def optimizer_name(name: str, momentum: float) -> str:
+    """The plan's name (planner.candidate.OPTIMIZERS) of a `build_optimizer` setting."""
+    if name == "adam":
+        return "adam"
+    return "sgd_momentum" if momentum > 0 else "sgd"
+
+
 def sgd_or_adam(model: nn.Module, step: StepSpec, *, lr: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """The optimizers of `planner.candidate.OPTIMIZERS` with the implementation PyTorch
-    picks by default on the target: foreach (multi-tensor) on CUDA, per-tensor on CPU
-    (torch/optim/optimizer.py `_default_to_fused_or_foreach`). Paper: SGD, momentum 0,
-    weight decay 1e-4 (PAPER.md, "LoFi optimisation")."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    foreach = step.target == "cuda"
-    if step.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay, foreach=foreach)
-    if step.optimizer == "sgd_momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=foreach)
-    if step.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=foreach)
-    raise ValueError(f"unknown optimizer {step.optimizer!r}")
+    """The optimizer traced for `step` (`build_optimizer` with the plan's optimizer) with
+    the implementation PyTorch picks by default on the target: foreach (multi-tensor) on
+    CUDA, per-tensor on CPU. Paper: SGD, momentum 0, weight decay 1e-4 (PAPER.md, "LoFi
+    optimisation"). The learning rate changes no allocation."""
+    if step.optimizer not in OPTIMIZER_SETTINGS:
+        raise ValueError(f"unknown optimizer {step.optimizer!r}")
+    name, momentum = OPTIMIZER_SETTINGS[step.optimizer]
+    return build_optimizer(model.parameters(), name, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           foreach=step.target == "cuda")
 
 
 class _Chunked(nn.Module):

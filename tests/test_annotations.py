@@ -71,7 +71,7 @@ def test_records_are_sorted_typed_and_keep_fps(tmp_path):
 def test_not_json_names_the_file_and_line(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"database": {\n  "a": }')
-    with pytest.raises(InputFileError, match=r"broken\.json: not JSON \(line 2"):
+    with pytest.raises(InputFileError, match=r"broken\.json: not valid JSON \(line 2"):
         load_annotations(path)
 
 

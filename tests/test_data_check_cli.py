@@ -152,7 +152,7 @@ def test_cli_check_bad_annotation_file_is_one_red_line(tmp_path, videos):
     bad.write_text("{not json")
     result = CliRunner().invoke(main, ["data", "check", "-a", str(bad), "-v", str(videos)])
     assert result.exit_code == InputFileError.exit_code
-    assert "bad.json: not JSON" in result.output and "Traceback" not in result.output
+    assert "bad.json: not valid JSON" in result.output and "Traceback" not in result.output
 
 
 def test_loaded_annotations_feed_check_media(videos, tmp_path):

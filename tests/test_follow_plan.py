@@ -1,7 +1,7 @@
 """`lofi train --plan` trains with the plan's optimizer and BatchNorm mode: a
 command-line choice that contradicts it is an error naming both values, unless
 --override-plan, which config.json records; the plan's allocator setting is set for
-the process (lofi.train.setup.follow_plan, lofi.train.alloc_conf)."""
+the process (lofi.train.setup.follow_plan, lofi.train.plan_check)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 import pytest
 
 from lofi.errors import OptionError
-from lofi.train.alloc_conf import ENV, apply_alloc_conf, merged_setting
+from lofi.train.plan_check import ALLOC_ENV, apply_alloc_conf, merged_setting
 from lofi.train.config import LOFI_RECIPE
-from lofi.train.defaults import CPU_LOFI_RECIPE
+from lofi.train.config import CPU_LOFI_RECIPE
 from lofi.train.setup import follow_plan
 from train_helpers import tiny_candidate
 
@@ -51,10 +51,10 @@ def test_override_uses_the_users_choice_and_says_so():
 
 
 def test_alloc_conf_goes_into_the_environment(monkeypatch):
-    monkeypatch.setenv(ENV, "max_split_size_mb:128,expandable_segments:False")
+    monkeypatch.setenv(ALLOC_ENV, "max_split_size_mb:128,expandable_segments:False")
     assert apply_alloc_conf("expandable_segments:True") == "max_split_size_mb:128,expandable_segments:True"
-    assert os.environ[ENV] == "max_split_size_mb:128,expandable_segments:True"
-    assert apply_alloc_conf(None) == os.environ[ENV]  # the default allocator: left alone
+    assert os.environ[ALLOC_ENV] == "max_split_size_mb:128,expandable_segments:True"
+    assert apply_alloc_conf(None) == os.environ[ALLOC_ENV]  # the default allocator: left alone
     assert merged_setting(None, "expandable_segments:True") == "expandable_segments:True"
 
 

@@ -1,7 +1,7 @@
 """What the planner estimates is what the trainer trains: the trainer's own LoFi-stage
-step (lofi.train.lofi_stage: its model builder, optimizer, micro-step and update), run
-for two optimizer steps on real CPU tensors under the planner's recorder, allocates the
-peak the planner estimates for the same candidate within 1 %.
+step (lofi.train.lofi_stage, lofi.train.loop: its model builder, optimizer, micro-step
+and update), run for two optimizer steps on real CPU tensors under the planner's
+recorder, allocates the peak the planner estimates for the same candidate within 1 %.
 
 Without gradient accumulation: under any dispatch mode autograd's AccumulateGrad adds a
 second micro-batch's gradient out of place (`at::isTensorSubclassLike` is true for every
@@ -17,8 +17,8 @@ from lofi.data.dataset import ClipBatch
 from lofi.models.lofi_model import PLAN_BN_MODES, build_lofi_model
 from lofi.plan_workload import lofi_workload
 from lofi.train.config import OptimConfig
-from lofi.train.lofi_stage import _micro_step, make_optimizer
-from lofi.train.precision import grad_scaler
+from lofi.train.lofi_stage import _micro_step
+from lofi.train.loop import grad_scaler, make_optimizer
 from planner.allocator import replay
 from planner.candidate import Candidate
 from planner.estimate import estimate_candidate

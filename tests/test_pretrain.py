@@ -108,7 +108,7 @@ def test_lofi_pretrain_command_writes_weights_train_reads(tiny_data, tmp_path):
 
 
 def test_synthetic_runs_start_from_cached_pretraining_unless_from_scratch(tiny_data, tmp_path, monkeypatch):
-    from lofi.train import defaults
+    from lofi.train.config import SYNTH_PRETRAIN
     from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
 
     monkeypatch.setenv("LOFI_CACHE", str(tmp_path / "cache"))
@@ -116,7 +116,7 @@ def test_synthetic_runs_start_from_cached_pretraining_unless_from_scratch(tiny_d
     resolved = ResolvedData(data, synthetic=True, training_videos=4)
     lofi = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=False)
     acp = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=True)
-    assert lofi.pretrain == defaults.SYNTH_PRETRAIN and lofi.pretrained == acp.pretrained
+    assert lofi.pretrain == SYNTH_PRETRAIN and lofi.pretrained == acp.pretrained
     assert lofi.pretrained.startswith(str(tmp_path / "cache" / "pretrained-")) and lofi.pretrained.endswith("encoder.pt")
     scratch = build_config(resolved, tiny_plan(), RecipeOverrides(), pretrained=None, baseline=False, from_scratch=True)
     assert scratch.pretrain is None and scratch.pretrained is None

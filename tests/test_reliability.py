@@ -96,7 +96,8 @@ def test_classification_without_a_validation_video_is_refused_before_training(ti
 
 
 def test_the_default_time_target_ranks_but_never_rejects(tiny_data, monkeypatch):
-    from lofi.train import defaults
+    from lofi.train import setup
+    from lofi.train.config import CPU_GRID
     from lofi.train.setup import PlanOptions, ResolvedData, auto_plan, resolve_data, DataOptions
     from planner.errors import NothingFitsError
 
@@ -104,8 +105,8 @@ def test_the_default_time_target_ranks_but_never_rejects(tiny_data, monkeypatch)
                                     frames_per_snippet=2, stride=2)).data
     synthetic = ResolvedData(data, synthetic=True, training_videos=4)
     # A machine so busy that an epoch takes longer than the default is sized for.
-    monkeypatch.setattr(defaults, "CPU_EPOCH_BUDGET_SECONDS", 1e-6)
-    monkeypatch.setattr(defaults, "CPU_GRID", replace(defaults.CPU_GRID, fidelities=(Fidelity(4, 32, 2),)))
+    monkeypatch.setattr(setup, "CPU_EPOCH_BUDGET_SECONDS", 1e-6)
+    monkeypatch.setattr(setup, "CPU_GRID", replace(CPU_GRID, fidelities=(Fidelity(4, 32, 2),)))
     plan, notices = auto_plan(synthetic, PlanOptions(gpu="cpu"))
     assert plan.chosen.backbone == "tsm_r18"
     said = " ".join(notices)
@@ -331,7 +332,7 @@ def test_after_a_resume_the_summary_has_the_lofi_stages_whole_time_and_last_loss
     from lofi.train.distributed import setup_distributed
     from lofi.train.pipeline import run_pipeline
     from lofi.train.run_folder import RunFolder
-    from lofi.train.stopping import StopRequest
+    from lofi.train.loop import StopRequest
     from train_helpers import tiny_config
 
     config, context, run = tiny_config(tiny_data), setup_distributed(prefer_cuda=False), RunFolder(tmp_path / "run")

@@ -158,7 +158,7 @@ def test_two_nodes_meet_through_the_c10d_rendezvous_on_localhost(tiny_data, sing
 
 def test_a_plan_for_another_number_of_nodes_is_one_clear_error():
     from lofi.errors import OptionError
-    from lofi.train.world import check_world
+    from lofi.train.plan_check import check_world
 
     plan = replace(tiny_plan(tiny_candidate(batch_per_gpu=1, gpus=2)), gpus=2, nodes=1)
     check_world(plan, gpus_per_node=2, nodes=1)

@@ -4,16 +4,19 @@ folder it leaves, resuming after an interruption, and the baseline."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from lofi.errors import CheckpointError
 from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import OptimConfig
+from lofi.train.config import OptimConfig, config_from_dict, encoder_bn_mode
 from lofi.train.distributed import setup_distributed
+from lofi.train.lofi_stage import model_from_checkpoint
+from lofi.train.loop import StopRequest
 from lofi.train.pipeline import run_pipeline
 from lofi.train.run_folder import RunFolder
-from lofi.train.stopping import StopRequest
 from train_helpers import make_tiny_dataset, tiny_config, tiny_plan
 
 
@@ -62,6 +65,31 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_p
     assert expected.keys() == resumed.keys()
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_rebuilds_its_model_and_refuses_a_contradicting_resume(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, pretrained=None, bn_mode="partial")
+    context = setup_distributed(prefer_cuda=False)
+    run = RunFolder(tmp_path / "run")
+    with StopRequest() as stop:
+        run_pipeline(config, tiny_plan(), run, context, stages=("lofi",), stop=stop,
+                     on_step=lambda step: stop.request("test"))
+    loaded = load_checkpoint(run.lofi_checkpoints)
+    stored = config_from_dict(loaded.state["config"])
+    assert stored == config  # what config.json holds: encoder, head, pretrained, BN mode, recipes
+    assert (stored.backbone, stored.pretrained, encoder_bn_mode(stored)) == ("tsm_r18", None, "partial")
+    # Rebuilt from the checkpoint alone: a wrong fallback config is not consulted.
+    model, used = model_from_checkpoint(loaded.state, loaded.path, fallback=replace(config, backbone="tsm_r50"),
+                                        device=torch.device("cpu"))
+    assert used == config and model.encoder.bn_mode == "partial"
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, loaded.state["model"][key], rtol=0, atol=0, msg=key)
+
+    before = run.config.read_bytes()
+    with pytest.raises(CheckpointError, match=r"latest\.pt: written with bn_mode 'partial', but this run's config "
+                                              r"has 'frozen'.*config\.json"):
+        run_pipeline(replace(config, bn_mode="frozen"), tiny_plan(), run, context, stages=("lofi",), resume=True)
+    assert run.config.read_bytes() == before  # the run's config.json is kept
 
 
 def test_baseline_skips_the_lofi_stage(tiny_data, tmp_path):

@@ -12,7 +12,6 @@ import torch
 from lofi.errors import InputFileError, OptionError
 from lofi.train.config import config_from_dict, config_to_dict, load_config
 from lofi.train.eval_stage import load_class_scores
-from lofi.train.fallback import next_candidate
 from train_helpers import tiny_candidate, tiny_config, tiny_plan
 
 
@@ -28,16 +27,18 @@ def test_fallback_takes_the_best_ranked_smaller_candidate_of_the_same_model():
     other_backbone = tiny_candidate(backbone="tsm_r34", batch_per_gpu=1, accumulation=4)
     small = tiny_candidate(batch_per_gpu=1, accumulation=4)
     plan = tiny_plan(big, other_backbone, medium, small, sizes=(20.0, 5.0, 12.0, 8.0))
-    assert next_candidate(plan.candidates, big).candidate == medium
-    assert next_candidate(plan.candidates, big, tried=[medium]).candidate == small
-    assert next_candidate(plan.candidates, small) is None  # nothing smaller is left
+    assert plan.next_smaller(big).candidate == medium
+    assert plan.next_smaller(big, tried=[medium]).candidate == small
+    assert plan.next_smaller(small) is None  # nothing smaller is left
+    assert plan.entry_for(medium).total_bytes < plan.entry_for(big).total_bytes
+    assert plan.entry_for(tiny_candidate(batch_per_gpu=3)) is None
 
 
 def test_fallback_never_takes_a_candidate_that_does_not_fit():
     big, small = tiny_candidate(batch_per_gpu=4), tiny_candidate(batch_per_gpu=1, accumulation=4)
     plan = tiny_plan(big, small, sizes=(20.0, 8.0))
-    entries = (plan.candidates[0], replace(plan.candidates[1], fits=False))
-    assert next_candidate(entries, big) is None
+    plan = replace(plan, candidates=(plan.candidates[0], replace(plan.candidates[1], fits=False)))
+    assert plan.next_smaller(big) is None
 
 
 def test_config_round_trips_and_refuses_unknown_keys(tmp_path):
@@ -47,10 +48,10 @@ def test_config_round_trips_and_refuses_unknown_keys(tmp_path):
     document["lofi"]["learning_rate"] = 0.1
     path = tmp_path / "config.json"
     path.write_text(json.dumps(document))
-    with pytest.raises(InputFileError, match=r"config.json.lofi: unknown key\(s\) learning_rate"):
+    with pytest.raises(InputFileError, match=r"config.json: lofi: unknown key\(s\) learning_rate"):
         load_config(path)
     path.write_text("{not json")
-    with pytest.raises(InputFileError, match="not a readable JSON config"):
+    with pytest.raises(InputFileError, match=r"config.json: not valid JSON \(line 1, column 2"):
         load_config(path)
     with pytest.raises(OptionError, match="learning rate must be > 0"):
         replace(config.lofi, lr=0.0)
@@ -79,7 +80,7 @@ def test_bad_class_scores_name_the_file_and_the_entry(tmp_path, document, messag
 
 def test_batchnorm_statistics_come_from_the_clips():
     from lofi.models.encoders import build_encoder
-    from lofi.train.bn_init import estimate_batchnorm_statistics
+    from lofi.train.initial_model import estimate_batchnorm_statistics
 
     torch.manual_seed(0)
     encoder = build_encoder("tsm_r18")  # frozen BN, running mean 0 / var 1

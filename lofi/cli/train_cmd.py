@@ -73,7 +73,7 @@ def train(**options) -> None:
 
 def _allocator_before_cuda(path: Path) -> None:
     """The plan's PYTORCH_CUDA_ALLOC_CONF, set before anything starts CUDA."""
-    from lofi.train.alloc_conf import apply_alloc_conf
+    from lofi.train.plan_check import apply_alloc_conf
     from planner.errors import PlanFileError
     from planner.plan_file import load_plan
 

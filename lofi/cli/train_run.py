@@ -24,7 +24,7 @@ def run_training(options: dict[str, Any], argv: list[str]) -> None:
         if code:
             raise SystemExit(code)
         return
-    from lofi.train.run_lock import claim_run_folder
+    from lofi.train.run_folder import claim_run_folder
 
     with claim_run_folder(run_dir, enabled=os.environ.get("RANK", "0") == "0", notify=_note):
         _train_here(options, run_dir)
@@ -131,14 +131,11 @@ def _train_here(options: dict[str, Any], run_dir: Path) -> None:
     from lofi.train.config import load_config
     from lofi.train.distributed import barrier, setup_distributed, teardown_distributed
     from lofi.train.pipeline import STAGES, run_pipeline
-    from lofi.train.plan_check import check_plan
-    from lofi.train.precision import check_precision
+    from lofi.train.loop import StopRequest, check_precision
+    from lofi.train.plan_check import apply_alloc_conf, check_plan, check_world, plan_for_world
     from lofi.train.progress import NullProgress, RichProgress
     from lofi.train.run_folder import RunFolder
-    from lofi.train.alloc_conf import apply_alloc_conf
     from lofi.train.setup import build_config
-    from lofi.train.stopping import StopRequest
-    from lofi.train.world import check_world, plan_for_world
     from planner.plan_file import load_plan, save_plan
 
     context = setup_distributed()

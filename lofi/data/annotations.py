@@ -15,7 +15,6 @@ counted (it has 12).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import unicodedata
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lofi.errors import InputFileError, OptionError
-from planner.strict_json import read_json_file
+from planner.strict_json import read_json_document
 
 SUBSETS: tuple[str, ...] = ("training", "validation", "testing")
 # Spellings seen in converted files (e.g. THUMOS14 as "Validation"/"Test").
@@ -140,15 +139,7 @@ def load_annotations(
 
 
 def _read_database(path: Path) -> dict:
-    try:
-        document = read_json_file(path)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputFileError(f"{path}: cannot read the annotation file ({error})") from None
-    except json.JSONDecodeError as error:
-        raise InputFileError(
-            f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    document = read_json_document(path, InputFileError, "annotation file")
     if not isinstance(document, dict) or "database" not in document:
         raise InputFileError(
             f"{path}: missing the top-level 'database' object of the ActivityNet format")

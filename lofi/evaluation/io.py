@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lofi.errors import InputFileError
-from planner.strict_json import read_json_file
+from planner.strict_json import read_json_document
 
 _NUMBER_TYPES = {int, float}
 
@@ -66,34 +66,14 @@ class Predictions:
         return f"results[{json.dumps(vid)}][{row - first}]"
 
 
-def read_json(path: str | Path, what: str) -> object:
-    """Parse a JSON file; a missing, unreadable or malformed file is an InputFileError."""
-    path = Path(path)
-    try:
-        return read_json_file(path)
-    except FileNotFoundError:
-        raise InputFileError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{what} file {path} is a directory, not a JSON file") from None
-    except OSError as error:
-        raise InputFileError(f"cannot read {what} file {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise InputFileError(
-            f"{what} file {path} is not valid JSON: {error.msg} at line {error.lineno}, "
-            f"column {error.colno}"
-        ) from None
-    except UnicodeDecodeError:
-        raise InputFileError(f"{what} file {path} is not valid JSON: not UTF-8 text") from None
-
-
 def load_ground_truth(path: str | Path, subset: str = "validation") -> GroundTruth:
     """Read an ActivityNet ground-truth file and keep the videos of `subset`."""
-    return parse_ground_truth(read_json(path, "ground truth"), subset, source=str(path))
+    return parse_ground_truth(read_json_document(path, InputFileError, "ground truth file"), subset, source=str(path))
 
 
 def load_predictions(path: str | Path) -> Predictions:
     """Read an ActivityNet results file (detections or proposals)."""
-    return parse_predictions(read_json(path, "predictions"), source=str(path))
+    return parse_predictions(read_json_document(path, InputFileError, "predictions file"), source=str(path))
 
 
 def _segment_problem(segment: object) -> str | None:

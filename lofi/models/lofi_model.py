@@ -1,12 +1,13 @@
-"""The end-to-end LoFi model and its optimizer: the one builder that `lofi train`, the
-planner's workload (`lofi.plan_workload`) and the measuring step (`lofi.measure_step`)
-share, so that what is planned and measured is what is trained: the same encoder and
-BatchNorm mode, the same head (for a C-LoFi cycle, holding every member's sampling
-matrices), the same checkpointing policy and the same optimizer."""
+"""The end-to-end LoFi model: the one builder that `lofi train`, the planner's workload
+(`lofi.plan_workload`) and the measuring step (`lofi.measure_step`) share, so that what
+is planned and measured is what is trained: the same encoder and BatchNorm mode, the
+same head (for a C-LoFi cycle, holding every member's sampling matrices) and the same
+checkpointing policy. The optimizer has one builder too, the planner's
+(`planner.workload.build_optimizer`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -14,11 +15,6 @@ from torch import nn
 from lofi.models.encoders import build_encoder
 from lofi.models.head_output import HeadOutput
 from lofi.models.heads import build_head
-
-# The plan's optimizer names (planner.candidate.OPTIMIZERS) -> (torch optimizer, momentum).
-# PAPER.md, "LoFi optimisation": SGD, momentum 0; sgd_momentum is the common 0.9.
-PLAN_OPTIMIZERS = {"sgd": ("sgd", 0.0), "sgd_momentum": ("sgd", 0.9), "adam": ("adam", 0.0)}
-
 
 class LoFiModel(nn.Module):
     """clips (B, TR, F, 3, SR, SR) -> encoder -> (B, C, TR) -> head -> HeadOutput with
@@ -64,31 +60,3 @@ def build_lofi_model(
     tal_head = build_head(head, in_channels=encoder.out_channels, temporal_dim=first,
                           extra_temporal_dims=tuple(others), device=device)
     return LoFiModel(encoder, tal_head).train()
-
-
-def build_optimizer(
-    parameters: Iterable[nn.Parameter],
-    name: str,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    weight_decay: float = 1e-4,
-    foreach: bool | None = None,
-) -> torch.optim.Optimizer:
-    """SGD (with or without momentum) or Adam over the trainable `parameters`.
-    `foreach=None` lets PyTorch choose (multi-tensor on CUDA, per-tensor on the CPU:
-    torch/optim/optimizer.py `_default_to_fused_or_foreach`); the planner passes what
-    that choice would be on its target."""
-    trainable = [p for p in parameters if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
-    if name == "adam":
-        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, foreach=foreach)
-    raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
-
-
-def plan_optimizer_name(name: str, momentum: float) -> str:
-    """The plan's name (planner.candidate.OPTIMIZERS) of a torch optimizer setting."""
-    if name == "adam":
-        return "adam"
-    return "sgd_momentum" if momentum > 0 else "sgd"

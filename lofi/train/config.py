@@ -1,5 +1,6 @@
 """The resolved configuration of a training run: frozen dataclasses, saved into the run
-folder and every checkpoint, loaded strictly (unknown keys are errors)."""
+folder and every LoFi checkpoint, loaded strictly (unknown keys are errors); the stage
+recipes (the paper's, and the synthetic default's for a CPU)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 from lofi.errors import InputFileError, OptionError
 from planner.fidelity import Fidelity
-from planner.strict_json import read_json_file
+from planner.grid import GridSpec
+from planner.strict_json import Node, build_dataclass, read_json_document
 
 
 @dataclass(frozen=True)
@@ -157,37 +159,62 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def config_from_dict(document: dict[str, Any], source: str = "config") -> TrainConfig:
     """Rebuild a TrainConfig; unknown or missing keys are errors naming the field."""
-    return _build(TrainConfig, document, source)
+    return build_dataclass(Node(document, source, error=InputFileError), TrainConfig, _NESTED)
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    try:
-        document = read_json_file(path)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
-        raise InputFileError(f"{path}: not a readable JSON config ({error})") from None
-    return config_from_dict(document, str(path))
+    return config_from_dict(read_json_document(path, InputFileError, "config file"), str(path))
 
 
 _NESTED = {"data": DataConfig, "lofi": OptimConfig, "head_stage": OptimConfig, "full_fidelity": Fidelity,
            "pretrain": PretrainConfig, "recipe": OptimConfig}
 
 
-def _build(cls, document: Any, where: str):
-    if not isinstance(document, dict):
-        raise InputFileError(f"{where}: expected an object for {cls.__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(document) - names)
-    if unknown:
-        raise InputFileError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}")
-    values = {}
-    for key, value in document.items():
-        nested = _NESTED.get(key)
-        values[key] = _build(nested, value, f"{where}.{key}") if nested and value is not None else value
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise InputFileError(f"{where}: {error}") from None
-    except ValueError as error:
-        raise InputFileError(f"{where}: {error}") from None
+# --- the synthetic default --------------------------------------------------------------
+# What `lofi train --auto` uses when the user gives no data and has no GPU: the synthetic
+# dataset (lofi.data.synth), generated once into a cache folder, the action-classification
+# pre-training of the encoder (cached too), and a LoFi grid, recipe and time budget sized
+# so that a whole first run (data, pre-training, LoFi stage, features, head, evaluation)
+# takes about ten minutes on a 2-core CPU. The numbers it reaches are in
+# docs/synthetic.md with the command that produced them.
+
+# The synthetic dataset's "full fidelity" (the role of 100 snippets x 224 px on
+# ActivityNet): 16 snippets of 4 frames at its native 64 px. Snippet frames are taken
+# every 8 source frames (1 s at 8 fps), the spacing the dataset's motions are made for.
+SYNTH_FULL_FIDELITY = Fidelity(16, 64, 4)
+SYNTH_STRIDE = 8
+
+# Low-fidelity candidates on the CPU: the S-LoFi reduction of the full fidelity above
+# (spatial size halved, all 16 snippets), the configuration whose result against the
+# baseline docs/synthetic.md reports; the planner picks the batch size and checks the
+# memory and the time budget.
+CPU_S = Fidelity(16, 32, 4)
+CPU_GRID = GridSpec(
+    fidelities=(CPU_S,),
+    cycles=(),
+    backbones=("tsm_r18",),
+    batches=(1, 2, 4),
+    precisions=("fp32",),
+    checkpointing=("none",),
+    global_batch=4,
+    optimizer="adam",
+)
+CPU_EPOCH_BUDGET_SECONDS = 90.0  # per LoFi epoch over the 90 synthetic training videos
+
+# Action-classification pre-training on the synthetic training instances (the role of
+# Kinetics-400 for ActivityNet, PAPER.md stage 1): full fidelity, BatchNorm trained,
+# two snippets an instance. Cached under the cache root (lofi/train/pretrain_stage.py).
+# No stage flips the synthetic videos (SYNTH_FLIP): a mirrored motion is another class
+# or a look-alike (slide_right mirrored is the look-alike of slide_right).
+SYNTH_PRETRAIN = PretrainConfig(
+    OptimConfig("adam", lr=1e-3, epochs=6, weight_decay=1e-4, step_epochs=4, gamma=0.1),
+    snippets_per_clip=2, videos_per_batch=4, seed=0,
+)
+SYNTH_FLIP = False
+
+# Recipes for the synthetic default. The paper's (SGD, lr 0.1, momentum 0) fine-tunes a
+# Kinetics-pre-trained encoder; on this data Adam learns in minutes and SGD did not from
+# random weights (docs/synthetic.md); the same recipe fine-tunes the pre-trained one.
+CPU_LOFI_RECIPE = OptimConfig("adam", lr=1e-3, epochs=10, weight_decay=1e-4, step_epochs=7, gamma=0.5)
+CPU_HEAD_RECIPE = OptimConfig("adam", lr=4e-3, epochs=10, weight_decay=1e-4, step_epochs=5, gamma=0.1)
+CPU_HEAD_BATCH = 4

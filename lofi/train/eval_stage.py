@@ -18,7 +18,7 @@ from lofi.data.annotations import AnnotationSet, VideoRecord
 from lofi.errors import InputFileError
 from lofi.evaluation import evaluate_detection, evaluate_proposals, load_ground_truth
 from planner.atomic_files import atomic_write_json
-from planner.strict_json import read_json_file
+from planner.strict_json import read_json_document
 from lofi.models.postprocess import detection_entries, proposal_entries, proposals_from_output
 from lofi.models.soft_nms import SOFT_NMS_PRESETS, soft_nms
 
@@ -33,12 +33,7 @@ class EvalOutcome:
 def load_class_scores(path: str | Path, class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Video-level class scores `{"results": {vid: [score per class]}, "class": [names]}`,
     reordered to `class_names`. Also accepts `{"results": {vid: [{"label", "score"}]}}`."""
-    try:
-        document = read_json_file(path)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such classification file") from None
-    except (OSError, ValueError) as error:
-        raise InputFileError(f"{path}: not a readable JSON file ({error})") from None
+    document = read_json_document(path, InputFileError, "classification file")
     results = document.get("results") if isinstance(document, dict) else None
     if not isinstance(results, dict):
         raise InputFileError(f"{path}: missing 'results' object of video-level class scores")

@@ -9,7 +9,6 @@ of stale temporary files, the extraction and the index."""
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from lofi.data.annotations import check_video_id
 from lofi.data.dataset import VideoDataset, collate_clips
 from lofi.errors import InputFileError
 from planner.atomic_files import atomic_write, atomic_write_json
+from planner.strict_json import read_json_document
 from lofi.train.distributed import DistContext, agree, barrier
 from lofi.train.progress import NullProgress, StageProgress
-from lofi.train.stopping import StopRequest
+from lofi.train.loop import StopRequest
 from planner.fidelity import Fidelity
 
 INDEX = "index.json"
@@ -133,12 +133,8 @@ def remove_stale_temporaries(folder: Path) -> int:
 
 def read_index(folder: Path) -> dict:
     path = Path(folder) / INDEX
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no features index; run the features stage first") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputFileError(f"{path}: unreadable features index ({error})") from None
+    document = read_json_document(path, InputFileError, "features index",
+                                  missing_hint=" (run the features stage first)")
     if not isinstance(document, dict) or not {"encoder", "fidelity", "videos"} <= set(document):
         raise InputFileError(f"{path}: not a features index (needs encoder, fidelity, videos)")
     return document

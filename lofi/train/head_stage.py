@@ -18,11 +18,10 @@ from torch import nn
 from lofi.data.annotations import VideoRecord
 from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lofi.train.config import OptimConfig
-from lofi.train.lofi_stage import make_optimizer, make_scheduler, rng_state, set_rng_state
+from lofi.train.loop import StopRequest, make_optimizer, make_scheduler, rng_state, set_rng_state
 from lofi.train.objective import batch_targets, per_video_loss, video_seed
 from lofi.train.progress import NullProgress, StageProgress
 from lofi.train.run_folder import MetricsLog
-from lofi.train.stopping import StopRequest
 
 
 @dataclass(frozen=True)

@@ -3,34 +3,35 @@
 The plan fixes fidelity (or a C-LoFi cycle), batch per GPU, accumulation, precision
 and checkpointing. The loop checkpoints every `checkpoint_every` optimizer steps and at
 each epoch end, stops cleanly on SIGINT/SIGTERM, and resumes exactly where it stopped.
+
+A checkpoint can rebuild its run's model on its own: it holds the TrainConfig (as
+config.json does: encoder, head, pretrained weights, BatchNorm mode, recipe) and the
+candidate (the fidelities the head takes, checkpointing) beside the weights
+(`model_from_checkpoint`). A resume whose config contradicts the checkpoint's in what
+the weights and optimizer state depend on is refused (`check_resumed_config`).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from lofi.data.dataset import VideoDataset, collate_clips
+from lofi.data.dataset import VideoDataset
+from lofi.errors import CheckpointError
 from lofi.models.heads import constant_buffer_names
-from lofi.models.lofi_model import build_optimizer
+from lofi.models.lofi_model import LoFiModel, build_lofi_model
 from lofi.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from lofi.train.config import OptimConfig, TrainConfig
-from lofi.train.distributed import DistContext, agree, average_gradients, broadcast_parameters, sum_over_ranks
+from lofi.train.config import TrainConfig, config_from_dict, config_to_dict, encoder_bn_mode
+from lofi.train.distributed import agree, average_gradients, broadcast_parameters, sum_over_ranks
+from lofi.train.loop import LoopParts, StageHooks, autocast, rng_state, set_rng_state
 from lofi.train.objective import batch_loss
-from lofi.train.precision import autocast, grad_scaler
-from lofi.train.progress import NullProgress, StageProgress
-from lofi.train.run_folder import MetricsLog
-from lofi.train.sampling import FidelityBatchSampler
-from lofi.train.stopping import StopRequest
 from planner.candidate import Candidate
+from planner.plan_file import candidate_from_dict, candidate_to_dict
 
 
 @dataclass(frozen=True)
@@ -53,54 +54,27 @@ class OutOfMemoryDuringStage(RuntimeError):
         self.candidate = candidate
 
 
-def make_optimizer(parameters, recipe: OptimConfig) -> torch.optim.Optimizer:
-    """The recipe's optimizer, built as the planner traces it (`lofi.models.lofi_model`)."""
-    return build_optimizer(parameters, recipe.name, lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: OptimConfig):
-    """lr x gamma every `step_epochs` epochs (stepped once per epoch)."""
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.step_epochs, gamma=recipe.gamma)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# What the weights and the optimizer state of a LoFi checkpoint depend on: a resumed run
+# must agree with the checkpoint on these (`rebuild_fields`: TrainConfig fields, bn_mode as
+# the encoder runs, optimizer the LoFi recipe's name and momentum).
+REBUILD_FIELDS = ("backbone", "head", "pretrained", "bn_mode", "optimizer")
 
 
 def run_lofi_stage(
     model: nn.Module,
     dataset: VideoDataset,
+    parts: LoopParts,
     candidate: Candidate,
     config: TrainConfig,
-    context: DistContext,
+    hooks: StageHooks,
     *,
-    checkpoint_dir,
+    checkpoint_dir: Path,
     plan_document: dict[str, Any] | None,
-    log: MetricsLog,
-    stop: StopRequest,
-    progress: StageProgress | None = None,
     resume: bool = False,
-    on_step: Callable[[int], None] | None = None,
     planned_bytes: int | None = None,
 ) -> StageOutcome:
-    """Train `model` (LoFiModel, on context.device) end to end; see module doc.
+    """Train `model` (LoFiModel, moved to the context's device) end to end with `parts`
+    (`lofi.train.loop.build_loop`, over the same model and `dataset`); see module doc.
 
     Data parallel over the ranks: each rank accumulates its micro-batches' gradients
     locally; after every micro-batch the ranks agree (an all-reduce of one flag)
@@ -109,29 +83,19 @@ def run_lofi_stage(
     the global batch's loss, in the same all-reduce). So an
     OOM on one rank becomes the same fallback on all of them, and a signal stops all
     of them after the same optimizer step."""
-    progress = progress or NullProgress()
+    context, log, stop, progress, on_step = hooks.context, hooks.log, hooks.stop, hooks.progress, hooks.on_step
+    optimizer, scheduler, scaler, sampler = parts.optimizer, parts.scheduler, parts.scaler, parts.sampler
     recipe = config.lofi
     device = context.device
     model.to(device)
     constants = set(constant_buffer_names(model))
     broadcast_parameters(model, context, skip=constants)
-    optimizer = make_optimizer(model.parameters(), recipe)
-    scheduler = make_scheduler(optimizer, recipe)
-    scaler = grad_scaler(device, candidate.precision)
-    sampler = FidelityBatchSampler(
-        len(dataset), candidate.batch_per_gpu, candidate.fidelities, cycle=config.cycle,
-        short_every=config.short_cycle_batches, rank=context.rank, world_size=context.world_size,
-        seed=config.seed,
-    )
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_clips, num_workers=config.num_workers,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed),
-    )
 
     epoch, batches_done, step = 0, 0, 0
     if resume and has_checkpoint(checkpoint_dir):
         loaded = load_checkpoint(checkpoint_dir, map_location=device)
         state = loaded.state
+        check_resumed_config(state, config, loaded.path)  # after an OOM fallback too
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -158,8 +122,9 @@ def run_lofi_stage(
             "global_videos_done": batches * candidate.batch_per_gpu * context.world_size,
             "step": step,
             "rng": rng_state(),
-            "candidate": _candidate_dict(candidate),
+            "candidate": candidate_to_dict(candidate),
             "plan": plan_document,
+            "config": config_to_dict(config),
         })
 
     if device.type == "cuda":
@@ -177,7 +142,7 @@ def run_lofi_stage(
         micro = batches_done
         window_start, window_clips, window_loss = time.perf_counter(), 0, 0.0
         oom: str | None = None
-        for batch in loader:
+        for batch in parts.loader:
             skipped += len(batch.skipped)
             last_in_window = (micro + 1) % candidate.accumulation == 0 or micro + 1 == len(sampler)
             loss = None
@@ -273,7 +238,43 @@ def _outcome(completed, step, epoch, started, skipped, device, last_loss) -> Sta
     return StageOutcome(completed, step, epoch, time.perf_counter() - started, skipped, allocated, reserved, last_loss)
 
 
-def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
-    from planner.plan_file import candidate_to_dict
+def checkpoint_config(state: dict[str, Any], origin: str | Path) -> TrainConfig | None:
+    """The TrainConfig a LoFi checkpoint was written under; None for a checkpoint from
+    before checkpoints held it."""
+    stored = state.get("config")
+    return None if stored is None else config_from_dict(stored, f"{origin}: config")
 
-    return candidate_to_dict(candidate)
+
+def rebuild_fields(config: TrainConfig) -> dict[str, Any]:
+    """The REBUILD_FIELDS of `config`: what a LoFi checkpoint's weights and optimizer
+    state depend on."""
+    return {"backbone": config.backbone, "head": config.head, "pretrained": config.pretrained,
+            "bn_mode": encoder_bn_mode(config), "optimizer": (config.lofi.name, config.lofi.momentum)}
+
+
+def check_resumed_config(state: dict[str, Any], config: TrainConfig, origin: str | Path) -> None:
+    """A CheckpointError naming the first field where the run's `config` contradicts the
+    config the checkpoint `state` was written under (REBUILD_FIELDS)."""
+    stored = checkpoint_config(state, origin)
+    if stored is None:
+        return
+    theirs, ours = rebuild_fields(stored), rebuild_fields(config)
+    for name in REBUILD_FIELDS:
+        if theirs[name] != ours[name]:
+            raise CheckpointError(
+                f"{origin}: written with {name} {theirs[name]!r}, but this run's config has {ours[name]!r}; "
+                "resume with the config the checkpoint was written under (the run's config.json) or start a new run")
+
+
+def model_from_checkpoint(state: dict[str, Any], origin: str | Path, *, fallback: TrainConfig,
+                          device: torch.device) -> tuple[LoFiModel, TrainConfig]:
+    """The trained model of a LoFi checkpoint, rebuilt from what the checkpoint holds: its
+    config (encoder, head, BatchNorm mode), its candidate (the head's T for each fidelity)
+    and its weights; `fallback` is the config of a checkpoint that holds none. The
+    pre-trained weights are not read again: the checkpoint's replace them."""
+    config = checkpoint_config(state, origin) or fallback
+    candidate = candidate_from_dict(state["candidate"], f"{origin}: candidate")
+    model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
+                             bn_mode=encoder_bn_mode(config), device=device)
+    model.load_state_dict(state["model"])
+    return model, config

@@ -18,40 +18,47 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from lofi.data.annotations import AnnotationSet, load_annotations
-from lofi.data.dataset import VideoDataset, collate_clips
+from lofi.data.annotations import AnnotationSet, VideoRecord, load_annotations
 from lofi.data.media import MediaReport, check_media, write_listing
 from lofi.data.transforms import Augment
 from lofi.errors import CheckpointError, LofiError, OptionError
-from planner.atomic_files import atomic_write_json
-from lofi.models.encoders import build_encoder
 from lofi.models.heads import build_head
-from lofi.models.lofi_model import build_lofi_model
-from lofi.train.bn_init import estimate_batchnorm_statistics
-from lofi.train.checkpoint import load_checkpoint
-from lofi.train.config import TrainConfig, config_to_dict, encoder_bn_mode
+from lofi.train.checkpoint import has_checkpoint, load_checkpoint
+from lofi.train.config import TrainConfig, config_to_dict
 from lofi.train.distributed import DistContext, agree, barrier, gather
 from lofi.train.eval_stage import load_class_scores, predict, write_and_evaluate
-from lofi.train.fallback import next_candidate
 from lofi.train.features_stage import extract_features, load_features, read_index
 from lofi.train.head_stage import train_head
-from lofi.train.lofi_stage import OutOfMemoryDuringStage, run_lofi_stage
+from lofi.train.initial_model import Videos, baseline_encoder, init_batchnorm, initial_lofi_model, video_dataset
+from lofi.train.lofi_stage import (
+    OutOfMemoryDuringStage, StageOutcome, check_resumed_config, model_from_checkpoint, run_lofi_stage,
+)
+from lofi.train.loop import StageHooks, StopRequest, build_loop
 from lofi.train.progress import NullProgress, StageProgress
 from lofi.train.run_folder import MetricsLog, RunFolder
-from lofi.train.stopping import StopRequest
+from planner.atomic_files import atomic_write_json
 from planner.candidate import Candidate
 from planner.plan_file import Plan, plan_to_dict, save_plan
 
 STAGES = ("pretrain", "lofi", "features", "head", "eval")
-BN_CLIPS = 16  # training clips used to estimate BatchNorm statistics of a random encoder
 
 
 @dataclass(frozen=True)
 class RunResult:
     summary: dict[str, Any]
     interrupted: bool
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """The run the stages train: its configuration, plan and folder, and whether it
+    continues from its checkpoints."""
+
+    config: TrainConfig
+    plan: Plan
+    run: RunFolder
+    resume: bool = False
 
 
 @dataclass
@@ -79,9 +86,13 @@ def run_pipeline(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise OptionError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    stop = stop or StopRequest()
-    progress = progress or NullProgress()
-    log = MetricsLog(run.metrics, enabled=context.is_main)
+    hooks = StageHooks(context, MetricsLog(run.metrics, enabled=context.is_main), stop or StopRequest(),
+                       progress or NullProgress(), on_step)
+    setup = RunSetup(config, plan, run, resume)
+    if resume and "lofi" in stages and not config.baseline and has_checkpoint(run.lofi_checkpoints):
+        loaded = load_checkpoint(run.lofi_checkpoints)  # before config.json is rewritten
+        check_resumed_config(loaded.state, config, loaded.path)
+        del loaded
     if context.is_main:
         run.create()
         atomic_write_json(run.config, config_to_dict(config))
@@ -89,41 +100,38 @@ def run_pipeline(
     barrier(context, "the run folder's creation")
     summary = _Summary({"run": str(run.root), "baseline": config.baseline, "resumed": resume, "stages": {}})
     annotations = load_annotations(config.data.annotations)
-    media, report = _media(config, annotations, run, context, progress)
+    media, report = _media(config, annotations, run, context, hooks.progress)
     summary.document["data"] = {
         "videos": len(annotations.records), "found": len(media), "missing": len(report.missing),
         "unreadable": len(report.unreadable), "clipped_segments": annotations.clipped,
         "dropped_segments": annotations.dropped,
     }
-    train_records = [r for r in annotations.records if r.subset == config.data.train_subset and r.video_id in media]
-    eval_records = [r for r in annotations.records if r.subset == config.data.eval_subset and r.video_id in media]
-    if not train_records:
+    found = Videos(tuple(r for r in annotations.records if r.video_id in media), media, tuple(annotations.classes))
+    training, evaluation = found.subset(config.data.train_subset), found.subset(config.data.eval_subset)
+    if not training.records:
         raise OptionError(f"no '{config.data.train_subset}' video of {config.data.annotations} has readable media")
-    classes = annotations.classes
     candidate = plan.chosen
     interrupted = False
 
     try:
         if "pretrain" in stages and config.pretrain is not None:
-            _pretrain(config, train_records, media, classes, context, progress, summary)
+            _pretrain(config, training, hooks, summary)
         if "lofi" in stages and not config.baseline:
-            outcome, candidate = _lofi_with_fallback(config, plan, candidate, train_records, media, classes,
-                                                     run, context, log, stop, progress, resume, on_step, summary)
+            outcome, candidate = _lofi_with_fallback(setup, training, hooks, summary)
             interrupted = not outcome.completed
             barrier(context, "the end of the LoFi stage")  # rank 0's last checkpoint is on disk
         if not interrupted and "features" in stages:
-            interrupted = not _features(config, candidate, train_records + eval_records, media, classes, run,
-                                        context, progress, stop, summary)
+            both = replace(found, records=training.records + evaluation.records)
+            interrupted = not _features(setup, training, both, hooks, summary)
         if not interrupted and "head" in stages:
             if context.is_main:
-                stopped = not _head(config, train_records, run, context.device, log, stop, progress, resume,
-                                    summary)
+                stopped = not _head(setup, training.records, hooks, summary)
             else:
-                stopped = stop.requested  # signalled while waiting: the run stops after the head stage
+                stopped = hooks.stop.requested  # signalled while waiting: the run stops after the head stage
             interrupted = agree(context, stopped, what="the end of the head stage", handoff=True)[0]
         if not interrupted and "eval" in stages:
             if context.is_main:
-                _evaluate(config, eval_records, classes, run, context.device, summary)
+                _evaluate(config, evaluation, run, context.device, summary)
             barrier(context, "the end of evaluation")
     except LofiError as error:  # what the finished stages measured is kept, with the error
         summary.document["error"] = str(error)
@@ -180,33 +188,38 @@ def _merged(parts: list[MediaReport], annotations: AnnotationSet) -> MediaReport
     )
 
 
-def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, context, log, stop,
-                        progress, resume, on_step, summary):
+def _lofi_with_fallback(setup: RunSetup, training: Videos, hooks: StageHooks,
+                        summary: _Summary) -> tuple[StageOutcome, Candidate]:
+    """The LoFi stage at the plan's choice; after a CUDA OOM on any rank, again from the
+    last checkpoint at the plan's next smaller candidate (`Plan.next_smaller`)."""
+    config, plan = setup.config, setup.plan
+    device = hooks.context.device
+    candidate = plan.chosen
     tried: list[Candidate] = []
     fallbacks = []
     while True:
-        model = _initial_model(config, candidate, records, media, classes, context)
-        dataset = _dataset(config, records, media, classes, candidate.fidelities[0],
-                           augment=Augment(flip=config.data.flip))
+        model = initial_lofi_model(config, candidate, training, device)
+        dataset = video_dataset(config, training, candidate.fidelities[0], augment=Augment(flip=config.data.flip))
+        parts = build_loop(model, dataset, candidate, config, rank=hooks.context.rank,
+                           world_size=hooks.context.world_size, device=device)
         failure: str | None = None
         try:
-            outcome = run_lofi_stage(model, dataset, candidate, config, context,
-                                     checkpoint_dir=run.lofi_checkpoints, plan_document=plan_to_dict(plan),
-                                     log=log, stop=stop, progress=progress, resume=resume or bool(tried),
-                                     on_step=on_step, planned_bytes=_planned(plan, candidate))
+            outcome = run_lofi_stage(model, dataset, parts, candidate, config, hooks,
+                                     checkpoint_dir=setup.run.lofi_checkpoints, plan_document=plan_to_dict(plan),
+                                     resume=setup.resume or bool(tried), planned_bytes=_planned(plan, candidate))
         except OutOfMemoryDuringStage as error:
             failure = str(error)  # the traceback (and the step's tensors) go with this block
         if failure is not None:
-            del model, dataset
+            del model, dataset, parts
             gc.collect()
             torch.cuda.empty_cache()
             tried.append(candidate)
-            entry = next_candidate(plan.candidates, candidate, tried)
+            entry = plan.next_smaller(candidate, tried)
             if entry is None:
                 raise OptionError(f"CUDA ran out of memory with {_describe(candidate)} and the plan has no smaller "
                                   f"candidate for this backbone and head ({failure})")
             fallbacks.append({"from": _describe(candidate), "to": _describe(entry.candidate), "error": failure})
-            log.write(stage="lofi", event="oom_fallback", **fallbacks[-1])
+            hooks.log.write(stage="lofi", event="oom_fallback", **fallbacks[-1])
             candidate = entry.candidate
             continue
         summary.stage("lofi", completed=outcome.completed, steps=outcome.steps, epochs=outcome.epochs_done,
@@ -218,81 +231,43 @@ def _lofi_with_fallback(config, plan, candidate, records, media, classes, run, c
         return outcome, candidate
 
 
-def _pretrain(config, records, media, classes, context, progress, summary) -> None:
+def _pretrain(config: TrainConfig, training: Videos, hooks: StageHooks, summary: _Summary) -> None:
     """Make the encoder's pre-trained weights (config.pretrained) unless they exist."""
     from lofi.train.pretrain_stage import pretrain_encoder, read_manifest, weights_complete
 
     reused = weights_complete(config.pretrained)
-    if context.is_main and not reused:
-        pretrain_encoder(config.backbone, records, media, classes, config.data, config.pretrain,
-                         config.pretrained, device=context.device, progress=progress)
-    barrier(context)
+    if hooks.context.is_main and not reused:
+        pretrain_encoder(config.backbone, list(training.records), training.media, training.classes, config.data,
+                         config.pretrain, config.pretrained, device=hooks.context.device, progress=hooks.progress)
+    barrier(hooks.context)
     manifest = read_manifest(config.pretrained) or {}
     summary.stage("pretrain", reused=reused, weights=config.pretrained, seconds=0.0 if reused else manifest.get("seconds"),
                   train_accuracy=manifest.get("train_accuracy"), epochs=manifest.get("epochs"))
 
 
-def _initial_model(config, candidate, records, media, classes, context):
-    """The model before training: encoder (pre-trained, or random with estimated BN
-    statistics), head at each TR of the candidate; the same seed gives the same start."""
-    torch.manual_seed(config.seed)
-    model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                             pretrained=config.pretrained, bn_mode=encoder_bn_mode(config),
-                             checkpointing=candidate.checkpointing, device=context.device)
-    if config.pretrained is None:
-        _init_batchnorm(model.encoder, config, records, media, classes, context)
-    return model
-
-
-def _baseline_encoder(config, records, media, classes, context):
-    torch.manual_seed(config.seed)
-    encoder = build_encoder(config.backbone, pretrained=config.pretrained, freeze_bn=True, device=context.device)
-    if config.pretrained is None:
-        _init_batchnorm(encoder, config, records, media, classes, context)
-    return encoder
-
-
-def _init_batchnorm(encoder, config, records, media, classes, context, *, only_first: bool = False) -> None:
-    dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
-    loader = DataLoader(Subset(dataset, range(min(BN_CLIPS, len(dataset)))), batch_size=1,
-                        collate_fn=collate_clips)
-    policy = encoder.grad_checkpointing
-    encoder.set_grad_checkpointing("none")
-    norms = encoder.batchnorms()[:1] if only_first else None
-    estimate_batchnorm_statistics(encoder, (batch.clips for batch in loader), context.device, norms=norms)
-    encoder.set_grad_checkpointing(policy)
-
-
-def _dataset(config, records, media, classes, fidelity, *, augment):
-    return VideoDataset(records, media, fidelity, classes, augment=augment, seed=config.seed,
-                        stride=config.data.stride)
-
-
-def _features(config, candidate, records, media, classes, run, context, progress, stop, summary) -> bool:
+def _features(setup: RunSetup, training: Videos, videos: Videos, hooks: StageHooks, summary: _Summary) -> bool:
+    """Full-fidelity features of `videos` from the trained encoder (the LoFi stage's last
+    checkpoint, rebuilt from what it holds) or the baseline's frozen one."""
+    config, run, context = setup.config, setup.run, hooks.context
     if config.baseline:
-        encoder = _baseline_encoder(config, [r for r in records if r.subset == config.data.train_subset],
-                                    media, classes, context)
+        encoder = baseline_encoder(config, training, context.device)
         tag = f"baseline:{config.backbone}:seed={config.seed}:pretrained={config.pretrained}"
     else:
         loaded = load_checkpoint(run.lofi_checkpoints, map_location=context.device)
-        model = build_lofi_model(config.backbone, config.head, [f.tr for f in candidate.fidelities],
-                                 bn_mode=encoder_bn_mode(config), device=context.device)
-        model.load_state_dict(loaded.state["model"])
+        model, _ = model_from_checkpoint(loaded.state, loaded.path, fallback=config, device=context.device)
         encoder = model.encoder
         tag = f"lofi:{config.backbone}:step={loaded.state['step']}"
         if encoder.bn_mode != "frozen":
             # BatchNorm trained on low-fidelity batches (all of them, or the first one under
             # partialBN): re-estimate those statistics at the full fidelity the features
             # are extracted at (as PreciseBN does).
-            train = [r for r in records if r.subset == config.data.train_subset]
-            _init_batchnorm(encoder, config, train, media, classes, context,
-                            only_first=encoder.bn_mode == "partial")
+            init_batchnorm(encoder, config, training, context.device, only_first=encoder.bn_mode == "partial")
     encoder.set_grad_checkpointing("none")
-    dataset = _dataset(config, records, media, classes, config.data.full_fidelity, augment=False)
+    dataset = video_dataset(config, videos, config.data.full_fidelity, augment=False)
     precision = "fp32" if context.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     outcome = extract_features(encoder, dataset, run.features, context, batch_size=config.feature_batch,
                                precision=precision, num_workers=config.num_workers, encoder_tag=tag,
-                               progress=progress, stop=stop)
+                               progress=hooks.progress, stop=hooks.stop)
     shares = gather(context, outcome, what="the features summary")  # every rank's count
     summary.stage("features", completed=outcome.completed, extracted=sum(o.extracted for o in shares),
                   reused=sum(o.reused for o in shares), skipped=sorted(v for o in shares for v in o.skipped),
@@ -301,7 +276,8 @@ def _features(config, candidate, records, media, classes, run, context, progress
     return outcome.completed
 
 
-def _head(config, train_records, run, device, log, stop, progress, resume, summary) -> bool:
+def _head(setup: RunSetup, train_records: Sequence[VideoRecord], hooks: StageHooks, summary: _Summary) -> bool:
+    config, run = setup.config, setup.run
     index = read_index(run.features)
     features = load_features(run.features, [r.video_id for r in train_records])
     if not features:
@@ -310,15 +286,18 @@ def _head(config, train_records, run, device, log, stop, progress, resume, summa
     torch.manual_seed(config.seed)
     head = build_head(config.head, in_channels=channels, temporal_dim=temporal_dim)
     outcome = train_head(head, features, train_records, config.head_stage, batch_size=config.head_batch,
-                         device=device, checkpoint_dir=run.head_checkpoints, seed=config.seed, log=log,
-                         stop=stop, progress=progress, resume=resume, labels=config.head)
+                         device=hooks.context.device, checkpoint_dir=run.head_checkpoints, seed=config.seed,
+                         log=hooks.log, stop=hooks.stop, progress=hooks.progress, resume=setup.resume,
+                         labels=config.head)
     summary.stage("head", completed=outcome.completed, epochs=outcome.epochs_done, steps=outcome.steps,
                   videos=outcome.videos, last_loss=outcome.last_loss, seconds=round(outcome.seconds, 2),
                   features_encoder=index["encoder"])
     return outcome.completed
 
 
-def _evaluate(config, eval_records, classes, run, device, summary) -> None:
+def _evaluate(config: TrainConfig, evaluation: Videos, run: RunFolder, device: torch.device,
+              summary: _Summary) -> None:
+    eval_records, classes = list(evaluation.records), evaluation.classes
     started = time.perf_counter()
     features = load_features(run.features, [r.video_id for r in eval_records])
     if not features:
@@ -340,10 +319,8 @@ def _evaluate(config, eval_records, classes, run, device, summary) -> None:
 
 
 def _planned(plan: Plan, candidate: Candidate) -> int | None:
-    for entry in plan.candidates:
-        if entry.candidate == candidate:
-            return entry.memory.reserved_peak
-    return None
+    entry = plan.entry_for(candidate)
+    return None if entry is None else entry.memory.reserved_peak
 
 
 def _describe(candidate: Candidate) -> str:

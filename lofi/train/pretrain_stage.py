@@ -38,8 +38,8 @@ from lofi.data.media_source import MediaSource
 from lofi.data.transforms import Augment
 from lofi.errors import OptionError
 from lofi.models.encoders import VideoEncoder, build_encoder
-from lofi.train.config import DataConfig, PretrainConfig
-from lofi.train.lofi_stage import make_optimizer, make_scheduler
+from lofi.train.config import SYNTH_PRETRAIN, DataConfig, PretrainConfig
+from lofi.train.loop import make_optimizer, make_scheduler
 from lofi.train.progress import NullProgress, StageProgress
 from planner.atomic_files import atomic_write, atomic_write_json
 
@@ -246,12 +246,10 @@ def pretrain_data(
 
 
 def pretrain_request(*, epochs: int | None = None, lr: float | None = None, seed: int | None = None) -> PretrainConfig:
-    """The pre-training config: the synthetic recipe (defaults.SYNTH_PRETRAIN) with the
+    """The pre-training config: the synthetic recipe (SYNTH_PRETRAIN) with the
     given overrides."""
     from dataclasses import replace
 
-    from lofi.train import defaults
-
-    base = defaults.SYNTH_PRETRAIN
+    base = SYNTH_PRETRAIN
     recipe = replace(base.recipe, **{k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None})
     return replace(base, recipe=recipe, seed=base.seed if seed is None else seed)

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lofi.errors import OptionError
-from lofi.train import defaults
-from lofi.train.config import HEAD_RECIPES, LOFI_RECIPE, DataConfig, OptimConfig, TrainConfig, requested_bn_mode
+from lofi.train.config import (
+    CPU_EPOCH_BUDGET_SECONDS, CPU_GRID, CPU_HEAD_BATCH, CPU_HEAD_RECIPE, CPU_LOFI_RECIPE, HEAD_RECIPES, LOFI_RECIPE,
+    SYNTH_FLIP, SYNTH_FULL_FIDELITY, SYNTH_PRETRAIN, SYNTH_STRIDE, DataConfig, OptimConfig, TrainConfig,
+    requested_bn_mode,
+)
 from planner.candidate import Candidate
 from planner.fidelity import FULL, Fidelity
 from planner.plan_file import Plan
@@ -69,11 +72,11 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         from planner.trace_cache import cache_root
 
         paths = ensure_synthetic(cache_root(), SynthConfig(), progress=progress)
-        full = defaults.SYNTH_FULL_FIDELITY
+        full = SYNTH_FULL_FIDELITY
         data = DataConfig(
             annotations=str(paths.annotations), media_root=str(paths.videos_dir), classification=str(paths.classification),
-            full_fidelity=_fidelity(options, full), stride=_given(options.stride, defaults.SYNTH_STRIDE),
-            flip=defaults.SYNTH_FLIP if options.flip is None else options.flip,
+            full_fidelity=_fidelity(options, full), stride=_given(options.stride, SYNTH_STRIDE),
+            flip=SYNTH_FLIP if options.flip is None else options.flip,
         )
         synthetic = True
     else:
@@ -134,11 +137,11 @@ def auto_plan(
         profile = with_measured_speed(profile)
     full = resolved.data.full_fidelity
     if profile.kind == "cpu" and resolved.synthetic:
-        spec = replace(defaults.CPU_GRID, gpus=options.gpus, nodes=options.nodes, head=options.head,
-                       backbones=options.backbones or defaults.CPU_GRID.backbones, batchnorm=options.batchnorm,
-                       fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full, defaults.SYNTH_FULL_FIDELITY)
-                                                      for f in defaults.CPU_GRID.fidelities)))
-        target_seconds = defaults.CPU_EPOCH_BUDGET_SECONDS
+        spec = replace(CPU_GRID, gpus=options.gpus, nodes=options.nodes, head=options.head,
+                       backbones=options.backbones or CPU_GRID.backbones, batchnorm=options.batchnorm,
+                       fidelities=tuple(dict.fromkeys(scaled_fidelity(f, full, SYNTH_FULL_FIDELITY)
+                                                      for f in CPU_GRID.fidelities)))
+        target_seconds = CPU_EPOCH_BUDGET_SECONDS
     else:
         base = GridSpec()
         spec = replace(
@@ -174,7 +177,7 @@ def _minutes(seconds: float) -> str:
 
 def scaled_fidelity(fidelity: Fidelity, full: Fidelity, reference: Fidelity = FULL) -> Fidelity:
     """`fidelity` (one of the paper's, relative to its full 100/224, or the synthetic
-    grid's, relative to defaults.SYNTH_FULL_FIDELITY) at the run's own full fidelity:
+    grid's, relative to SYNTH_FULL_FIDELITY) at the run's own full fidelity:
     the same fraction of snippets and of frame size (never below what the heads and
     the encoder take), the run's frames per snippet. The
     paper's grid at 100/224/8 is unchanged; at any world size the same data options
@@ -215,10 +218,10 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
 
     check_names(plan.chosen.backbone, plan.chosen.head)  # before the recipes are looked up by name
     cpu_synthetic = resolved.synthetic and plan.hardware.kind == "cpu"
-    lofi_recipe = defaults.CPU_LOFI_RECIPE if cpu_synthetic else LOFI_RECIPE
-    head_recipe = defaults.CPU_HEAD_RECIPE if cpu_synthetic else HEAD_RECIPES[plan.chosen.head]
+    lofi_recipe = CPU_LOFI_RECIPE if cpu_synthetic else LOFI_RECIPE
+    head_recipe = CPU_HEAD_RECIPE if cpu_synthetic else HEAD_RECIPES[plan.chosen.head]
     values: dict[str, Any] = {
-        "head_batch": defaults.CPU_HEAD_BATCH if cpu_synthetic else 16,
+        "head_batch": CPU_HEAD_BATCH if cpu_synthetic else 16,
         **{k: v for k, v in overrides.config.items() if v is not None},
     }
     override = bool(values.pop("override_plan", False))
@@ -230,7 +233,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
         from lofi.train.pretrain_stage import cached_weights_path
         from planner.trace_cache import cache_root
 
-        pretrain = defaults.SYNTH_PRETRAIN
+        pretrain = SYNTH_PRETRAIN
         pretrained = str(cached_weights_path(cache_root(), plan.chosen.backbone, resolved.data, pretrain))
     return TrainConfig(
         data=resolved.data,
@@ -255,14 +258,15 @@ def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any],
     asked for, or None) that contradicts the plan is an OptionError naming both values,
     unless `override`: then the user's value is used and listed in the returned
     overrides (recorded in the run's config.json)."""
-    from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, plan_bn_name, plan_optimizer_name
+    from lofi.models.lofi_model import PLAN_BN_MODES, plan_bn_name
+    from planner.workload import OPTIMIZER_SETTINGS, optimizer_name
 
-    name, momentum = PLAN_OPTIMIZERS[candidate.optimizer]
-    if plan_optimizer_name(recipe.name, recipe.momentum) != candidate.optimizer:
+    name, momentum = OPTIMIZER_SETTINGS[candidate.optimizer]
+    if optimizer_name(recipe.name, recipe.momentum) != candidate.optimizer:
         recipe = replace(recipe, name=name, momentum=momentum, lr=_DEFAULT_LR[name])
     chosen = _override(recipe, lofi)
     overridden = []
-    used = plan_optimizer_name(chosen.name, chosen.momentum)
+    used = optimizer_name(chosen.name, chosen.momentum)
     if used != candidate.optimizer:
         given = " ".join(f"--{k.replace('name', 'optimizer')} {lofi[k]}" for k in ("name", "momentum")
                          if lofi.get(k) is not None)
@@ -277,8 +281,8 @@ def follow_plan(candidate: Candidate, recipe: OptimConfig, lofi: dict[str, Any],
 
 
 # Learning rate for an optimizer the recipe does not use: the paper's SGD lr, and the
-# Adam lr of the CPU recipe (defaults.py, docs/synthetic.md).
-_DEFAULT_LR = {"sgd": LOFI_RECIPE.lr, "adam": defaults.CPU_LOFI_RECIPE.lr}
+# Adam lr of the CPU recipe (config.py, docs/synthetic.md).
+_DEFAULT_LR = {"sgd": LOFI_RECIPE.lr, "adam": CPU_LOFI_RECIPE.lr}
 
 
 def _contradiction(given: str, planned: str, override: bool) -> None:

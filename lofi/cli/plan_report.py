@@ -78,16 +78,6 @@ def report_from_plan(plan: Plan, show_all: bool = False) -> Report:
     )
 
 
-
-def report_from_plan(plan: Plan, show_all: bool = False) -> Report:
-    return gather_report(
-        hardware=plan.hardware, gpus=plan.gpus, nodes=plan.nodes, margin=plan.margin,
-        usable_bytes=plan.usable_bytes, global_batch=plan.global_batch,
-        videos_per_epoch=plan.videos_per_epoch, dataset=plan.dataset, entries=plan.candidates,
-        why=plan.why, notices=plan.notices, show_all=show_all,
-    )
-
-
 def report_from_request(request: PlanRequest, ranking: Ranking, show_all: bool = False) -> Report:
     """The report of a ranking that chose nothing (no Plan): every candidate fails."""
     profile = request.profile

@@ -4,6 +4,7 @@ Pareto-optimal ones joined, the budget as a vertical line, the choice highlighte
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from lofi.figure import check_plot, figure_format, new_figure, save_figure
@@ -46,6 +47,6 @@ def plot_frontier(frontier: Frontier, path: str | Path, title: str) -> Path:
     axes.set_xlim(left=0.0)
     axes.set_ylim(0.0, 1.2 * slowest / scale if slowest else 1.0)
     axes.grid(alpha=0.3)
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 80), fontsize=9)
     axes.legend(fontsize=8, loc="upper right")
     return save_figure(figure, path, fmt)

@@ -103,11 +103,11 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
         from lofi.cli.plan_frontier import frontier_title
         from lofi.frontier_plot import plot_frontier
 
-        err_console.print(f"wrote {plot_frontier(report.frontier, plot, frontier_title(report.frontier))}",
-                          highlight=False)
+        written = plot_frontier(report.frontier, plot, frontier_title(report.frontier))
+        err_console.print(f"wrote {written}", highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(plan_to_dict(outcome.plan), indent=2))
-        err_console.print(f"wrote {path}", highlight=False)
+        err_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         return
     render_report(dataclasses.replace(report, notices=()), console)  # notices went to stderr already
     console.print(f"Wrote [bold]{path}[/] (what `lofi train` reads).", highlight=False)

@@ -143,22 +143,24 @@ def select_fidelities(
     return tuple(dict.fromkeys(fidelities)), tuple(dict.fromkeys(cycles))
 
 
-def parse_list(values: Iterable[str], option: str) -> list[str]:
-    """`--batch 1,2 --batch 4` -> ['1', '2', '4'] (comma lists and repeated options)."""
+def parse_list(values: Iterable[str], field: str) -> list[str]:
+    """`batches` given as '1,2' and '4' -> ['1', '2', '4'] (comma lists and repeated
+    values); a FieldError naming `field` (the GridSpec field the values are for)."""
     items = [item.strip() for value in values for item in value.split(",")]
     if any(not item for item in items):
-        raise PlannerError(f"{option}: empty item in {list(values)!r}")
+        raise FieldError(field, f"empty item in {list(values)!r}")
     return items
 
 
-def parse_ints(values: Iterable[str], option: str) -> list[int]:
-    items = parse_list(values, option)
+def parse_ints(values: Iterable[str], field: str) -> list[int]:
+    """As `parse_list`, each item a whole number >= 1."""
+    items = parse_list(values, field)
     try:
         numbers = [int(item) for item in items]
-    except ValueError as error:
-        raise PlannerError(f"{option}: expected whole numbers, got {items!r}") from error
+    except ValueError:
+        raise FieldError(field, f"expected whole numbers, got {items!r}") from None
     if any(number < 1 for number in numbers):
-        raise PlannerError(f"{option}: values must be >= 1, got {numbers!r}")
+        raise FieldError(field, f"values must be >= 1, got {numbers!r}")
     return numbers
 
 

@@ -1,5 +1,6 @@
 """The planning procedure shared by `lofi plan` and `lofi train --auto`: estimate every
-candidate of a grid on a target, rank them, and turn the ranking into a Plan."""
+candidate of a grid on a target, rank them, measure the finalists and rank again
+(`--measure`), and turn the ranking into a Plan."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from planner.estimate import estimate_grid
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
-from planner.plan_file import Plan, plan_from_ranking
+from planner.measure import measure_candidates
+from planner.plan_file import Measurement, Plan, plan_from_ranking
 from planner.quality import load_evidence
 from planner.workload import Workload
+
+MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two that fit
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,34 @@ def estimate_and_rank(
     candidates = build_grid(request.spec, request.profile)
     estimates = estimate_grid(candidates, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
                               progress=progress, margin=request.margin)
-    ranking = rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
-                              oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
-    return estimates, ranking
+    return estimates, rank(request, estimates, oom=oom)
+
+
+def rank(request: PlanRequest, estimates: Sequence[CandidateEstimate], *, oom: Sequence[Candidate] = ()) -> Ranking:
+    """Rank `estimates` on the request's budget (memory less the margin, time per epoch);
+    candidates in `oom` ran out of memory when measured and do not fit."""
+    return rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
+                           oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
+
+
+def measure_and_rerank(
+    request: PlanRequest,
+    ranking: Ranking,
+    estimates: Sequence[CandidateEstimate],
+    command: Sequence[str],
+    *,
+    finalists: int = MEASURE_FINALISTS,
+    on_result: Callable[[Candidate, Measurement], None] | None = None,
+) -> tuple[Ranking, dict[int, Measurement]]:
+    """Run the first `finalists` fitting candidates for real (`command`, planner.measure),
+    then rank again: those that ran out of memory stop fitting. Returns the new ranking
+    and the measurements by their candidates' new ranks."""
+    chosen = [r.candidate for r in ranking.ranked if r.fits][:finalists]
+    results = measure_candidates(chosen, command, on_result=on_result)
+    by_candidate = dict(zip(chosen, results))
+    reranked = rank(request, estimates, oom=[c for c, m in by_candidate.items() if m.oom])
+    measured = {r.rank: by_candidate[r.candidate] for r in reranked.ranked if r.candidate in by_candidate}
+    return reranked, measured
 
 
 def plan_from_request(request: PlanRequest, ranking: Ranking, measured=None) -> Plan:

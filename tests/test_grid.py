@@ -7,7 +7,7 @@ import pytest
 
 from planner.errors import FieldError, PlannerError
 from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI, Fidelity
-from planner.grid import GridSpec, accumulation_steps, build_grid, parse_ints, select_fidelities
+from planner.grid import GridSpec, accumulation_steps, build_grid, parse_ints, parse_list, select_fidelities
 from planner.profiles import get_profile
 
 V100 = get_profile("v100-32gb")
@@ -80,8 +80,10 @@ def test_bad_options_are_errors_naming_the_option():
         build_grid(GridSpec(checkpointing=("chunk:0",)), V100)
     with pytest.raises(PlannerError, match="^head: unknown head 'actionformer'"):
         build_grid(GridSpec(head="actionformer"), V100)
-    with pytest.raises(PlannerError, match="--batch: expected whole numbers"):
-        parse_ints(["1,two"], "--batch")
+    with pytest.raises(FieldError, match="^batches: expected whole numbers"):
+        parse_ints(["1,two"], "batches")
+    with pytest.raises(FieldError, match="^backbones: empty item"):
+        parse_list(["tsm_r18,"], "backbones")
 
 
 def test_field_errors_name_the_field_and_render_with_other_names():

@@ -215,3 +215,63 @@ def test_report_shows_allocated_needed_and_reserved_and_expandable_segments(tmp_
     assert "allocated / needed / reserved" in shown and "needed capacity" in shown
     assert "max_memory_allocated" in shown and "max_memory_reserved, no limit" in shown
     assert "expandable" in shown
+
+
+# --- the memory-time frontier of the choice: table, --plot ---------------------------
+
+POLICIES = ("--backbones", "tsm_r18", "--fidelity", "low", "--batch", "16", "--precision", "fp32",
+            "--checkpointing", "none,block,chunk:4", "--no-accumulation", "--videos", "100")
+
+
+def test_plan_shows_the_frontier_of_the_choice_and_plots_it_as_png(tmp_path):
+    from planner.frontier import plan_frontier
+
+    out, plot = tmp_path / "plan.json", tmp_path / "figures" / "frontier.png"
+    result = CliRunner().invoke(main, ["plan", "--gpu", "v100-32gb", *POLICIES, "--out", str(out), "--plot", str(plot)],
+                                catch_exceptions=False, terminal_width=160)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "Memory–time frontier: low 25/112 tsm_r18, batch 16, fp32" in text
+    assert "budget 28.8 GiB per GPU = 32.0 GiB × (1 − 10% margin)" in text
+    table = text[text.index("Memory–time frontier"):]
+    frontier = plan_frontier(load_plan(out))
+    assert sorted(p.checkpointing for p in frontier.points) == ["block", "chunk:4", "none"]
+    rows = [line.split() for line in table.splitlines() if line.split()[:1] in (["none"], ["block"], ["chunk:4"])]
+    assert [row[0] for row in rows] == [p.checkpointing for p in frontier.points]  # least memory first
+    for row, point in zip(rows, frontier.points):
+        assert row[1] == f"{point.needed_bytes / 2**30:.2f}"
+        assert ("chosen" in row) == point.chosen and ("●" in row) == point.pareto
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(plot.parent.iterdir()) == [plot]
+
+
+def test_plan_json_plots_svg_and_keeps_stdout_the_document(tmp_path):
+    out, plot = tmp_path / "plan.json", tmp_path / "frontier.svg"
+    done = subprocess.run([sys.executable, "-m", "lofi", "plan", "--gpu", "cpu", *POLICIES, "--json",
+                           "--out", str(out), "--plot", str(plot)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["schema"] == "lofi.plan"
+    svg = plot.read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg and svg.rstrip().endswith("</svg>")
+    assert f"wrote {plot}" in done.stderr
+
+
+def test_plot_of_an_unsupported_format_or_without_matplotlib_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "plan.json"
+    result = run("plan", "--gpu", "v100-32gb", *POLICIES, "--out", str(out), "--plot", str(tmp_path / "f.pdf"))
+    assert result.exit_code == 2 and "f.pdf: cannot draw a .pdf file; name it .png or .svg" in result.output
+    assert not out.exists()
+    driver = ("import sys; sys.modules['matplotlib'] = None; from lofi.cli import main; "
+              "main(sys.argv[1:], prog_name='lofi')")
+    done = subprocess.run([sys.executable, "-c", driver, "plan", "--gpu", "v100-32gb", *POLICIES, "--out", str(out),
+                           "--plot", str(tmp_path / "f.png")], capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr
+    assert ("error: drawing the memory-time frontier needs matplotlib, which is not installed: "
+            "pip install 'lofi[plots]'") in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and not out.exists() and not (tmp_path / "f.png").exists()
+
+
+def test_report_shows_the_frontier_of_a_saved_plan(tmp_path):
+    path = save_plan(make_plan(), tmp_path / "plan.json")
+    out = CliRunner().invoke(main, ["report", str(path)], terminal_width=160).output
+    frontier = out[out.index("Memory–time frontier: C-LoFi tsm_r34, batch 2×8, fp16"):]
+    assert "chunk:4" in frontier and "20.00" in frontier and "✓ chosen" in frontier

@@ -89,3 +89,13 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_completes(tiny_data, t
     assert final["step"] == 60 and final["epoch"] == 15  # 4 videos, batch 1, 15 epochs
     events = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert any(e.get("event") == "resumed" for e in events)
+
+
+def test_each_rank_gets_the_plan_file_instead_of_auto_and_gpus():
+    from pathlib import Path
+
+    from lofi.train.launch import child_args
+
+    argv = ["train", "--auto", "--gpus", "2", "--plan=old.json", "--name", "run", "--gpus=2", "--epochs", "1"]
+    assert child_args(argv, Path("runs/.run.plan.json")) == ["--name", "run", "--epochs", "1", "--plan",
+                                                               "runs/.run.plan.json"]

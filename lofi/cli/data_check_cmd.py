@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lofi.cli.console import console, err_console, writable
+from lofi.cli.console import console, counting, writable
 
 SUBSET_CHOICES = ("training", "validation", "testing")
 
@@ -33,20 +33,15 @@ SUBSET_CHOICES = ("training", "validation", "testing")
 def check(annotations_path: Path, videos: Path, frames: bool, subsets: tuple[str, ...],
           listing: Path | None, deep: bool, workers: int, strict: bool) -> None:
     """Check that every annotated video has readable media of the annotated length."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from lofi.data.annotations import load_annotations
     from lofi.data.media import check_media, write_listing
 
     if listing is not None:
         writable(listing, "--listing")  # before probing every video, not after
     annotations = load_annotations(annotations_path, subsets=subsets or None)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("probing media", total=len(annotations.records))
-        report = check_media(
-            annotations.records, videos, frames=frames, deep=deep, workers=workers,
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with counting("probing media") as advance:
+        report = check_media(annotations.records, videos, frames=frames, deep=deep, workers=workers,
+                             progress=advance)
 
     _render(annotations, report)
     problems = bool(report.missing or report.unreadable or report.mismatches)

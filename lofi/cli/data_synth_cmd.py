@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lofi.cli.console import console, err_console
+from lofi.cli.console import console, counting
 
 # Defaults repeated from SynthConfig so that `--help` does not import numpy/av;
 # tests/test_synth.py checks that they agree.
@@ -39,7 +39,6 @@ def synth(out: Path, videos: int, classes: int, seed: int, size: int, fps: float
           train_fraction: float, force: bool) -> None:
     """Write a small synthetic dataset in the ActivityNet format: real H.264 videos whose
     actions are steady motions that only a trained video encoder tells from look-alikes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from lofi.data.synth import SynthConfig, describe, generate
@@ -47,11 +46,8 @@ def synth(out: Path, videos: int, classes: int, seed: int, size: int, fps: float
     config = SynthConfig(videos=videos, classes=classes, seed=seed, size=size, fps=fps,
                          min_duration=min_duration, max_duration=max_duration,
                          max_instances=max_instances, train_fraction=train_fraction).validate()
-    columns = (TextColumn("writing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("videos", total=config.videos)
-        paths = generate(out, config, lambda done, total: progress.update(task, completed=done),
-                         overwrite=force)
+    with counting("writing videos") as advance:
+        paths = generate(out, config, advance, overwrite=force)
     summary = describe(paths)
 
     table = Table(title=f"synthetic dataset in {paths.root}", show_header=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lofi.cli.console import console, err_console
+from lofi.cli.console import console
 
 
 @click.command()
@@ -32,16 +32,17 @@ def pretrain(**options) -> None:
     training subset at full fidelity (the paper's ACP stage) and save its weights."""
     from rich.table import Table
 
-    from lofi.cli.train_run import _resolve_data
+    from lofi.cli.console import StageBars
+    from lofi.cli.train_run import data_options, hooks
+    from lofi.train.launch import resolve_run_data
     from lofi.train.pretrain_stage import cached_weights_path, pretrain_data, pretrain_request
-    from lofi.train.progress import RichProgress
     from planner.trace_cache import cache_root
 
-    resolved = _resolve_data({**options, "classification": None})
+    resolved = resolve_run_data(data_options(options), hooks())
     config = pretrain_request(epochs=options["epochs"], lr=options["lr"], seed=options["seed"])
     backbone = options["backbone"]
     out = options["out"] or cached_weights_path(cache_root(), backbone, resolved.data, config)
-    outcome = pretrain_data(backbone, resolved.data, config, out, progress=RichProgress(err_console),
+    outcome = pretrain_data(backbone, resolved.data, config, out, progress=StageBars(),
                             reuse=not options["force"])
     table = Table(title="pre-trained encoder" + (" (found, not retrained)" if outcome.reused else ""),
                   show_header=False)

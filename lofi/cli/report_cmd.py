@@ -13,7 +13,8 @@ import click
 def report(plan_file: Path, show_all: bool) -> None:
     """Render the report of PLAN_FILE (default: plan.json) written by `lofi plan`."""
     from lofi.cli.console import console
-    from lofi.cli.plan_render import render_report, report_from_plan
+    from lofi.cli.plan_render import render_report
+    from lofi.cli.plan_report import report_from_plan
     from planner.plan_file import load_plan
 
     render_report(report_from_plan(load_plan(plan_file), show_all=show_all), console)

@@ -65,19 +65,8 @@ def train(**options) -> None:
     """Plan, then train LoFi end to end, extract full-fidelity features, train the head,
     evaluate. With no data options it uses a small synthetic dataset."""
     from lofi.cli.train_run import run_training
+    from lofi.train.launch import apply_planned_alloc_conf
 
     if options["plan_path"] is not None and options["plan_path"].is_file():
-        _allocator_before_cuda(options["plan_path"])
+        apply_planned_alloc_conf(options["plan_path"])  # before anything starts CUDA
     run_training(options, argv=sys.argv[1:])
-
-
-def _allocator_before_cuda(path: Path) -> None:
-    """The plan's PYTORCH_CUDA_ALLOC_CONF, set before anything starts CUDA."""
-    from lofi.train.plan_check import apply_alloc_conf
-    from planner.errors import PlanFileError
-    from planner.plan_file import load_plan
-
-    try:
-        apply_alloc_conf(load_plan(path).chosen.alloc_conf)
-    except PlanFileError:
-        pass  # reported with its message where the plan is loaded for training

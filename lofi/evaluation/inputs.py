@@ -14,6 +14,7 @@ from lofi.evaluation.io import GroundTruth, Predictions, parse_ground_truth, par
 # 0.50, 0.55, ..., 0.95 exactly as the official np.linspace(0.5, 0.95, 10) (0.9 is
 # 0.8999999999999999 there, which decides tIoUs landing on it).
 DEFAULT_TIOU_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.5, 0.95, 10).tolist())
+MAX_THRESHOLDS = 1000  # a 'start:step:stop' range longer than this is a typo, not a request
 
 
 def as_ground_truth(ground_truth: GroundTruth | Mapping, subset: str | None) -> GroundTruth:
@@ -53,3 +54,22 @@ def map_to_subset(gt: GroundTruth, pred: Predictions) -> tuple[np.ndarray, int]:
     table = np.array([index.get(vid, -1) for vid in pred.video_ids] + [-1], dtype=np.int64)
     video = table[pred.video]  # (P,)
     return video, int(np.count_nonzero(video < 0))
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """'0.3,0.5,0.7' or 'start:step:stop' (inclusive, as np.linspace(start, stop, n))."""
+    try:
+        if ":" in text:
+            start, step, stop = (float(part) for part in text.split(":"))
+            if not (np.isfinite([start, step, stop]).all() and step > 0):
+                raise ValueError  # checked before dividing by the step
+            count = round((stop - start) / step) + 1
+            if not 1 <= count <= MAX_THRESHOLDS or abs(start + (count - 1) * step - stop) > 1e-9:
+                raise ValueError
+            return np.linspace(start, stop, count).tolist()
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise OptionError(
+            f"--tiou-thresholds {text!r}: expected 'a,b,c' or 'start:step:stop' with a step > 0 "
+            f"and stop reached by at most {MAX_THRESHOLDS} whole steps"
+        ) from None

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lofi.errors import OptionError
 from lofi.evaluation.proposal import ProposalResult
-from planner.atomic_files import atomic_write
+from lofi.figure import new_figure, save_figure
 
 
 def plot_ar_an(result: ProposalResult, path: str | Path) -> Path:
     """Draw average recall (and recall at each tIoU threshold) against the average number
     of proposals per video; write it atomically to `path` (folders are created)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise OptionError(
-            "drawing the AR-AN curve needs matplotlib, which is not installed: "
-            "pip install 'lofi[plots]'"
-        ) from None
-    path = Path(path)
-    figure = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure("the AR-AN curve")
     axes = figure.add_subplot()
     an = result.proposals_per_video  # (100,)
     for t, threshold in enumerate(result.tiou_thresholds):
@@ -35,4 +24,4 @@ def plot_ar_an(result: ProposalResult, path: str | Path) -> Path:
     axes.grid(alpha=0.3)
     axes.set_title(f"AR-AN, subset {result.subset}: AUC {100 * result.auc:.2f} %")
     axes.legend(fontsize=7, ncol=2, loc="lower right")
-    return atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+    return save_figure(figure, path, "png")

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix
+from lofi.models.encoder_checkpointing import per_sample_segments
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256
@@ -74,6 +75,8 @@ class BMN(nn.Module):
         self.proposal_3d = nn.Sequential(  # Conv3d(256, 512, (32, 1, 1)) as a 1x1 Conv2d
             nn.Conv2d(HIDDEN_1D * NUM_SAMPLE, HIDDEN_3D, 1, **fk), nn.ReLU(inplace=True),
         )
+        # `+head` policies: the sampled map is recomputed in backward, one sample at a time
+        self.checkpoint_map = False
         self.proposal_2d = nn.Sequential(
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
             nn.Conv2d(HIDDEN_2D, HIDDEN_2D, 3, padding=1, **fk), nn.ReLU(inplace=True),
@@ -88,11 +91,20 @@ class BMN(nn.Module):
             nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid(),
         )
 
+    def _sampled_map(self, proposal: Tensor) -> Tensor:
+        """BM layer and the Conv3d: (B, 256, T) -> (B, 512, D, T), through the
+        (B, 256 * 32, D, T) sampled map, the head's largest activation."""
+        return self.proposal_3d(self.bm_layer(proposal))
+
     def forward(self, features: Tensor) -> HeadOutput:
         self.bm_layer.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.base(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
-        bm = self.bm_layer(self.proposal_1d(base))  # (B, 256 * 32, D, T)
-        confidence_map = self.proposal_2d(self.proposal_3d(bm))  # (B, 2, D, T)
+        proposal = self.proposal_1d(base)  # (B, 256, T)
+        if self.checkpoint_map:
+            mapped = per_sample_segments(self._sampled_map, self, proposal)  # (B, 512, D, T)
+        else:
+            mapped = self._sampled_map(proposal)
+        confidence_map = self.proposal_2d(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling
+from lofi.models.encoder_checkpointing import per_sample_segments
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
@@ -125,6 +126,8 @@ class GTAD(nn.Module):
         self.temporal_dims = self.align.temporal_dims
         # localization: the first 1x1 conv reads all 256 * 36 aligned channels
         self.map_in = nn.Conv2d(HIDDEN_1D * (INNER_POINTS + CONTEXT_POINTS), HIDDEN_3D, 1, **fk)
+        # `+head` policies: the sampled map is recomputed in backward, one sample at a time
+        self.checkpoint_map = False
         self.map_out = nn.Sequential(
             nn.ReLU(inplace=True),
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
@@ -141,11 +144,21 @@ class GTAD(nn.Module):
         w_outer = w[:, :, INNER_POINTS:].reshape(HIDDEN_3D, -1, 1, 1)
         return F.conv2d(inner, w_inner, self.map_in.bias) + F.conv2d(outer, w_outer)
 
+    def _sampled_map(self, graph: Tensor) -> Tensor:
+        """SGAlign and the first 1x1 convolution: (B, 256, T) -> (B, 512, D, T), through
+        the (B, 256 * 36, D, T) sampled map, the head's largest activation."""
+        inner, outer = self.align(graph)  # (B, 256*32, D, T), (B, 256*4, D, T)
+        return self._map_in(inner, outer)
+
     def forward(self, features: Tensor) -> HeadOutput:
         self.align.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.backbone1(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
-        inner, outer = self.align(self.backbone2(base))  # (B, 256*32, D, T), (B, 256*4, D, T)
-        confidence_map = self.map_out(self._map_in(inner, outer))  # (B, 2, D, T)
+        graph = self.backbone2(base)  # (B, 256, T)
+        if self.checkpoint_map:
+            mapped = per_sample_segments(self._sampled_map, self, graph)  # (B, 512, D, T)
+        else:
+            mapped = self._sampled_map(graph)
+        confidence_map = self.map_out(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

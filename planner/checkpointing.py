@@ -10,7 +10,8 @@ code that needs its parts parses it here. Policies:
               copied to pinned host memory and back (`save_on_cpu`)
 
 Any of them may end in `+head` (HEAD_SUFFIX): the head's sampled boundary-matching map
-is also recomputed in backward, one checkpoint segment per sample ('block+head').
+is also recomputed in backward, in checkpoint segments over the anchor durations
+('none+head').
 
 A new policy is one more `PolicyKind` in `KINDS`: its name, whether it takes a number,
 and where it ranks in recomputation."""
@@ -44,7 +45,7 @@ HEAD_SUFFIX = "+head"
 class Checkpointing:
     kind: str  # a name in KINDS
     size: int | None = None  # the kind's number (the K of chunk:K: samples per chunk), else None
-    head: bool = False  # `+head`: the head's sampled map is recomputed too, one segment per sample
+    head: bool = False  # `+head`: the head's sampled map is recomputed too, in segments over durations
 
     @property
     def label(self) -> str:

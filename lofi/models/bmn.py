@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix
-from lofi.models.encoder_checkpointing import per_sample_segments
+from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, duration_pieces
+from lofi.models.encoder_checkpointing import piecewise_segments
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256
@@ -32,6 +32,7 @@ HIDDEN_3D = 512
 NUM_SAMPLE = 32  # opts.num_sample
 SAMPLES_PER_BIN = 3  # opts.num_sample_perbin
 BOUNDARY_RATIO = 0.5  # opts.prop_boundary_ratio
+MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
 
 
 class BoundaryMatching(SamplingLayer):
@@ -46,11 +47,9 @@ class BoundaryMatching(SamplingLayer):
             sampling = bmn_bm_sampling(t, NUM_SAMPLE, SAMPLES_PER_BIN, BOUNDARY_RATIO)
             self.register_matrix("sample_matrix", t, dense_matrix(sampling, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, t = x.shape
-        sample_matrix = self.matrix("sample_matrix", t)  # (T, 32 * D * T); raises for an unknown T
-        out = torch.matmul(x, sample_matrix.to(x.dtype))  # (B, C, 32 * D * T)
-        return out.view(b, c * NUM_SAMPLE, t, t)
+    def forward(self, x: Tensor, durations: slice | None = None) -> Tensor:
+        """x (B, C, T) -> (B, C * 32, D, T); with `durations`, only those rows of D."""
+        return self.sample("sample_matrix", x, NUM_SAMPLE, durations)
 
 
 class BMN(nn.Module):
@@ -75,7 +74,7 @@ class BMN(nn.Module):
         self.proposal_3d = nn.Sequential(  # Conv3d(256, 512, (32, 1, 1)) as a 1x1 Conv2d
             nn.Conv2d(HIDDEN_1D * NUM_SAMPLE, HIDDEN_3D, 1, **fk), nn.ReLU(inplace=True),
         )
-        # `+head` policies: the sampled map is recomputed in backward, one sample at a time
+        # `+head` policies: the sampled map is recomputed in backward, MAP_PIECES segments
         self.checkpoint_map = False
         self.proposal_2d = nn.Sequential(
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
@@ -91,10 +90,11 @@ class BMN(nn.Module):
             nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid(),
         )
 
-    def _sampled_map(self, proposal: Tensor) -> Tensor:
+    def _sampled_map(self, proposal: Tensor, durations: slice | None = None) -> Tensor:
         """BM layer and the Conv3d: (B, 256, T) -> (B, 512, D, T), through the
-        (B, 256 * 32, D, T) sampled map, the head's largest activation."""
-        return self.proposal_3d(self.bm_layer(proposal))
+        (B, 256 * 32, D, T) sampled map, the head's largest activation (with
+        `durations`: only those rows of D)."""
+        return self.proposal_3d(self.bm_layer(proposal, durations))
 
     def forward(self, features: Tensor) -> HeadOutput:
         self.bm_layer.check_temporal_dim(features.shape[-1])  # fail before any work
@@ -103,7 +103,8 @@ class BMN(nn.Module):
         end = self.end_branch(base).squeeze(1)  # (B, T)
         proposal = self.proposal_1d(base)  # (B, 256, T)
         if self.checkpoint_map:
-            mapped = per_sample_segments(self._sampled_map, self, proposal)  # (B, 512, D, T)
+            pieces = duration_pieces(proposal.shape[-1], MAP_PIECES)
+            mapped = piecewise_segments(self._sampled_map, self, proposal, pieces, dim=2)  # (B, 512, D, T)
         else:
             mapped = self._sampled_map(proposal)
         confidence_map = self.proposal_2d(mapped)  # (B, 2, D, T)

@@ -171,3 +171,21 @@ class SamplingLayer(nn.Module):
         """The (T, P * D * T) matrix of `kind` for T = t."""
         self.check_temporal_dim(t)
         return getattr(self, self.buffer_name(kind, t))
+
+    def sample(self, kind: str, x: Tensor, points: int, durations: slice | None = None) -> Tensor:
+        """x (B, C, T) through matrix `kind` of P = `points`: the sampled map
+        (B, C * P, D, T), or with `durations` only those rows of D, (B, C * P, Dk, T)
+        (the same numbers: every anchor's column is its own)."""
+        b, c, t = x.shape
+        matrix = self.matrix(kind, t)  # (T, P * D * T); raises for an unknown T
+        if durations is None:
+            return torch.matmul(x, matrix.to(x.dtype)).view(b, c * points, t, t)
+        part = matrix.view(t, points, t, t)[:, :, durations].to(x.dtype)  # (T, P, Dk, T)
+        out = torch.einsum("bct,tpds->bcpds", x, part)  # (B, C, P, Dk, T)
+        return out.reshape(b, c * points, -1, t)
+
+
+def duration_pieces(t: int, pieces: int) -> list[slice]:
+    """range(T) of durations in `pieces` near-equal consecutive slices (fewer when T < pieces)."""
+    bounds = sorted({i * t // pieces for i in range(pieces + 1)})
+    return [slice(a, z) for a, z in zip(bounds, bounds[1:])]

@@ -10,8 +10,8 @@ Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpoint
     offload   every residual block runs under `torch.autograd.graph.save_on_cpu(
               pin_memory=True)`: what it saves for backward is copied to pinned host
               memory in forward and back to the device in backward (`offload_context`)
-    ...+head  the head's sampled boundary-matching map, one segment per sample
-              (`per_sample_segments`, used by lofi/models/gtad.py and bmn.py)
+    ...+head  the head's sampled boundary-matching map in MAP_PIECES segments over the
+              anchor durations (`piecewise_segments`, used by lofi/models/gtad.py, bmn.py)
 
 Segments use non-reentrant `torch.utils.checkpoint` (PyTorch docs recommend it; it works
 when no input requires grad, as for uint8 clips). `preserve_rng_state=False`: the
@@ -95,8 +95,8 @@ def save_on_cpu() -> AbstractContextManager:
     return torch.autograd.graph.save_on_cpu(pin_memory=True)
 
 
-def per_sample_segments(fn: Callable[[Tensor], Tensor], scope: nn.Module, x: Tensor) -> Tensor:
-    """fn over x (B, ...) one sample at a time, each sample one checkpoint segment
-    (`run_segment`), outputs concatenated along the batch: backward then recomputes and
-    holds one sample's intermediates at a time instead of all B."""
-    return torch.cat([run_segment(fn, scope, sample) for sample in x.split(1)])
+def piecewise_segments(fn: Callable[..., Tensor], scope: nn.Module, x: Tensor, pieces: list, dim: int) -> Tensor:
+    """cat([fn(x, piece) for piece in pieces], dim), each call one checkpoint segment
+    (`run_segment`): backward then recomputes and holds one piece's intermediates at a
+    time instead of all of them."""
+    return torch.cat([run_segment(fn, scope, x, piece) for piece in pieces], dim=dim)

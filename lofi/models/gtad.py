@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling
-from lofi.models.encoder_checkpointing import per_sample_segments
+from lofi.models.boundary_matching import SamplingLayer, dense_matrix, duration_pieces, gtad_sgalign_sampling
+from lofi.models.encoder_checkpointing import piecewise_segments
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
@@ -30,6 +30,7 @@ NEIGHBOURS = 3  # GCNeXt k and SGAlign context k
 INNER_POINTS = 32  # GraphAlign resolution (anet)
 CONTEXT_POINTS = 4  # GraphAlign align_context (anet)
 EXPAND_RATIO = 0.5  # GraphAlign expand_ratio
+MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
 
 
 def knn_indices(x: Tensor, k: int) -> Tensor:
@@ -95,14 +96,14 @@ class SGAlign(SamplingLayer):
                 sampling = gtad_sgalign_sampling(t, points, EXPAND_RATIO)
                 self.register_matrix(kind, t, dense_matrix(sampling, device=device, dtype=dtype))  # (T, P*D*T)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b, c, t = x.shape
-        inner_matrix = self.matrix("inner_matrix", t)  # (T, 32 * D * T); raises for an unknown T
-        context_matrix = self.matrix("context_matrix", t)  # (T, 4 * D * T)
+    def forward(self, x: Tensor, durations: slice | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, C, T) -> (B, C * 32, D, T), (B, C * 4, D, T); with `durations`, only
+        those anchor durations (Dk rows of D)."""
+        self.check_temporal_dim(x.shape[-1])
         context = gather_neighbours(x, knn_indices(x, NEIGHBOURS)).mean(dim=-1)  # (B, C, T)
-        inner = torch.matmul(x, inner_matrix.to(x.dtype))  # (B, C, 32 * D * T)
-        outer = torch.matmul(context, context_matrix.to(x.dtype))  # (B, C, 4 * D * T)
-        return inner.view(b, c * INNER_POINTS, t, t), outer.view(b, c * CONTEXT_POINTS, t, t)
+        inner = self.sample("inner_matrix", x, INNER_POINTS, durations)  # (B, C * 32, D, T)
+        outer = self.sample("context_matrix", context, CONTEXT_POINTS, durations)  # (B, C * 4, D, T)
+        return inner, outer
 
 
 class GTAD(nn.Module):
@@ -126,7 +127,7 @@ class GTAD(nn.Module):
         self.temporal_dims = self.align.temporal_dims
         # localization: the first 1x1 conv reads all 256 * 36 aligned channels
         self.map_in = nn.Conv2d(HIDDEN_1D * (INNER_POINTS + CONTEXT_POINTS), HIDDEN_3D, 1, **fk)
-        # `+head` policies: the sampled map is recomputed in backward, one sample at a time
+        # `+head` policies: the sampled map is recomputed in backward, MAP_PIECES segments
         self.checkpoint_map = False
         self.map_out = nn.Sequential(
             nn.ReLU(inplace=True),
@@ -144,10 +145,11 @@ class GTAD(nn.Module):
         w_outer = w[:, :, INNER_POINTS:].reshape(HIDDEN_3D, -1, 1, 1)
         return F.conv2d(inner, w_inner, self.map_in.bias) + F.conv2d(outer, w_outer)
 
-    def _sampled_map(self, graph: Tensor) -> Tensor:
+    def _sampled_map(self, graph: Tensor, durations: slice | None = None) -> Tensor:
         """SGAlign and the first 1x1 convolution: (B, 256, T) -> (B, 512, D, T), through
-        the (B, 256 * 36, D, T) sampled map, the head's largest activation."""
-        inner, outer = self.align(graph)  # (B, 256*32, D, T), (B, 256*4, D, T)
+        the (B, 256 * 36, D, T) sampled map, the head's largest activation (with
+        `durations`: only those rows of D)."""
+        inner, outer = self.align(graph, durations)  # (B, 256*32, D, T), (B, 256*4, D, T)
         return self._map_in(inner, outer)
 
     def forward(self, features: Tensor) -> HeadOutput:
@@ -157,7 +159,8 @@ class GTAD(nn.Module):
         end = self.end_branch(base).squeeze(1)  # (B, T)
         graph = self.backbone2(base)  # (B, 256, T)
         if self.checkpoint_map:
-            mapped = per_sample_segments(self._sampled_map, self, graph)  # (B, 512, D, T)
+            pieces = duration_pieces(graph.shape[-1], MAP_PIECES)
+            mapped = piecewise_segments(self._sampled_map, self, graph, pieces, dim=2)  # (B, 512, D, T)
         else:
             mapped = self._sampled_map(graph)
         confidence_map = self.map_out(mapped)  # (B, 2, D, T)

@@ -60,7 +60,7 @@ def build_lofi_model(
     `temporal_dims` (the TR of each fidelity of a C-LoFi cycle in cycle order, or just
     one). BatchNorm: `bn_mode` (train|frozen|partial) when given, else from `freeze_bn`.
     `checkpointing`: the encoder's policy; a `+head` suffix also checkpoints the head's
-    sampled map per sample."""
+    sampled map, in segments over the anchor durations."""
     encoder = build_encoder(backbone, pretrained=pretrained, freeze_bn=freeze_bn, bn_mode=bn_mode, device=device)
     encoder.set_grad_checkpointing(checkpointing)
     first, *others = dict.fromkeys(temporal_dims)  # unique, in order

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, duration_pieces
-from lofi.models.encoder_checkpointing import piecewise_segments
+from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256
@@ -32,7 +31,6 @@ HIDDEN_3D = 512
 NUM_SAMPLE = 32  # opts.num_sample
 SAMPLES_PER_BIN = 3  # opts.num_sample_perbin
 BOUNDARY_RATIO = 0.5  # opts.prop_boundary_ratio
-MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
 
 
 class BoundaryMatching(SamplingLayer):
@@ -74,7 +72,7 @@ class BMN(nn.Module):
         self.proposal_3d = nn.Sequential(  # Conv3d(256, 512, (32, 1, 1)) as a 1x1 Conv2d
             nn.Conv2d(HIDDEN_1D * NUM_SAMPLE, HIDDEN_3D, 1, **fk), nn.ReLU(inplace=True),
         )
-        # `+head` policies: the sampled map is recomputed in backward, MAP_PIECES segments
+        # `+head` policies: the sampled map is recomputed in backward (`map_through`)
         self.checkpoint_map = False
         self.proposal_2d = nn.Sequential(
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
@@ -102,10 +100,6 @@ class BMN(nn.Module):
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
         proposal = self.proposal_1d(base)  # (B, 256, T)
-        if self.checkpoint_map:
-            pieces = duration_pieces(proposal.shape[-1], MAP_PIECES)
-            mapped = piecewise_segments(self._sampled_map, self, proposal, pieces, dim=2)  # (B, 512, D, T)
-        else:
-            mapped = self._sampled_map(proposal)
+        mapped = map_through(self._sampled_map, self, proposal, self.checkpoint_map)  # (B, 512, D, T)
         confidence_map = self.proposal_2d(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lofi.errors import OptionError
+from lofi.models.encoder_checkpointing import piecewise_segments
 
 
 class SparseSampling(NamedTuple):
@@ -183,6 +184,20 @@ class SamplingLayer(nn.Module):
         part = matrix.view(t, points, t, t)[:, :, durations].to(x.dtype)  # (T, P, Dk, T)
         out = torch.einsum("bct,tpds->bcpds", x, part)  # (B, C, P, Dk, T)
         return out.reshape(b, c * points, -1, t)
+
+
+MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
+
+
+def map_through(fn: Callable[..., Tensor], head: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
+    """A head's sampled-map block `fn` (x (B, C, T), durations -> (B, C', D, T), the
+    rows of D in `durations`, all of them for None) on x: plainly, or `checkpointed`
+    (the `+head` policies) in MAP_PIECES checkpoint segments over the durations, so that
+    backward holds one piece's map at a time."""
+    if not checkpointed:
+        return fn(x)
+    pieces = duration_pieces(x.shape[-1], MAP_PIECES)
+    return piecewise_segments(fn, head, x, pieces, dim=2)
 
 
 def duration_pieces(t: int, pieces: int) -> list[slice]:

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, dense_matrix, duration_pieces, gtad_sgalign_sampling
-from lofi.models.encoder_checkpointing import piecewise_segments
+from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling, map_through
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
@@ -30,7 +29,6 @@ NEIGHBOURS = 3  # GCNeXt k and SGAlign context k
 INNER_POINTS = 32  # GraphAlign resolution (anet)
 CONTEXT_POINTS = 4  # GraphAlign align_context (anet)
 EXPAND_RATIO = 0.5  # GraphAlign expand_ratio
-MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
 
 
 def knn_indices(x: Tensor, k: int) -> Tensor:
@@ -127,7 +125,7 @@ class GTAD(nn.Module):
         self.temporal_dims = self.align.temporal_dims
         # localization: the first 1x1 conv reads all 256 * 36 aligned channels
         self.map_in = nn.Conv2d(HIDDEN_1D * (INNER_POINTS + CONTEXT_POINTS), HIDDEN_3D, 1, **fk)
-        # `+head` policies: the sampled map is recomputed in backward, MAP_PIECES segments
+        # `+head` policies: the sampled map is recomputed in backward (`map_through`)
         self.checkpoint_map = False
         self.map_out = nn.Sequential(
             nn.ReLU(inplace=True),
@@ -158,10 +156,6 @@ class GTAD(nn.Module):
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
         graph = self.backbone2(base)  # (B, 256, T)
-        if self.checkpoint_map:
-            pieces = duration_pieces(graph.shape[-1], MAP_PIECES)
-            mapped = piecewise_segments(self._sampled_map, self, graph, pieces, dim=2)  # (B, 512, D, T)
-        else:
-            mapped = self._sampled_map(graph)
+        mapped = map_through(self._sampled_map, self, graph, self.checkpoint_map)  # (B, 512, D, T)
         confidence_map = self.map_out(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

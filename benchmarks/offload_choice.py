@@ -4,8 +4,8 @@ and a check that offload is that policy only where nothing faster fits.
 
     python benchmarks/offload_choice.py [--gpu v100-32gb] [--gpus 1]
 
-Prints per policy how often it is the fastest that fits, then each configuration where
-offload is: its estimated time per epoch, the share of it that is host copies (an upper
+Prints per policy how often it is the fastest that fits, how much slower offload is
+where it fits and `none` does not, then each configuration where offload is the fastest: its estimated time per epoch, the share of it that is host copies (an upper
 bound: no overlap with compute), the pinned host memory, and what the faster policies
 need. Ends with the candidate `lofi plan` would choose. Exit code 1 if offload were the
 fastest fitting policy anywhere a faster one fits (the ranking would be wrong).
@@ -42,6 +42,7 @@ def main() -> int:
         groups[(c.fidelities, c.backbone, c.batch_per_gpu, c.precision)].append(e)
     wins: Counter[str] = Counter()
     wrong = 0
+    slowdowns = []  # offload's time / the fastest fitting policy's, where offload fits and none does not
     print(f"{profile.name} x {args.gpus}: {len(estimates)} candidates, {len(groups)} configurations, "
           f"{usable / GiB:.1f} GiB usable")
     rows = []
@@ -51,12 +52,23 @@ def main() -> int:
             continue
         best = min(fitting, key=lambda e: e.time.seconds_per_step)
         wins[best.candidate.checkpointing] += 1
+        policies = {e.candidate.checkpointing: e for e in fitting}
+        if "offload" in policies and "none" not in policies:
+            offload = policies["offload"]
+            slowdowns.append((offload.time.seconds_per_step / best.time.seconds_per_step,
+                              offload.time.host_transfer_seconds / offload.time.seconds_per_step))
         if best.candidate.checkpointing != "offload":
             continue
         faster = [e for e in members if e.time is not None and e.time.seconds_per_step < best.time.seconds_per_step]
         wrong += sum(e.memory.total <= usable for e in faster)
         rows.append((best, faster))
     print("fastest fitting policy per configuration: " + ", ".join(f"{p} {n}" for p, n in wins.most_common()))
+    if slowdowns:
+        ratios = sorted(r for r, _ in slowdowns)
+        shares = sorted(share for _, share in slowdowns)
+        print(f"offload fits where none does not in {len(ratios)} configurations: its step takes "
+              f"{ratios[0]:.2f}-{ratios[-1]:.2f}x (median {ratios[len(ratios) // 2]:.2f}x) the fastest fitting "
+              f"policy's; host copies are {100 * shares[0]:.0f}-{100 * shares[-1]:.0f}% of its step")
     for best, faster in rows:
         t = best.time
         others = ", ".join(f"{e.candidate.checkpointing} {e.memory.total / GiB:.1f} GiB" for e in faster) or "-"

@@ -36,8 +36,8 @@ own code path; tests/test_plan_workload.py checks the expanded trace against a f
 Tracing `offload`: the encoder's blocks run under `_TracedOffload` instead of
 `save_on_cpu`: the same saved-tensor hooks around the same blocks, but pack records the
 bytes that would go to the host (`Trace.host_sizes`) instead of copying them, and unpack
-allocates the device copy backward reads. tests/test_plan_workload.py checks it against
-the `none` trace.
+allocates the device copy backward reads. tests/test_offload.py checks it against the
+`none` trace and against what `save_on_cpu` packs on real tensors.
 """
 
 from __future__ import annotations

@@ -70,16 +70,19 @@ class Checkpointing:
 
 def syntax() -> str:
     """'none, block, chunk:K or offload (K >= 1), each optionally +head': every policy as written."""
-    names = [kind.syntax for kind in KINDS.values()]
     numbers = [f"{kind.number} >= 1" for kind in KINDS.values() if kind.number]
-    text = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+    text = _or_list([kind.syntax for kind in KINDS.values()])
     text = f"{text} ({', '.join(numbers)})" if numbers else text
     return f"{text}, each optionally {HEAD_SUFFIX}"
 
 
 def enabled_syntax() -> str:
     """'block, chunk:K or offload': the policies that keep fewer activations, as written."""
-    names = [kind.syntax for kind in KINDS.values() if kind.name != "none"]
+    return _or_list([kind.syntax for kind in KINDS.values() if kind.name != "none"])
+
+
+def _or_list(names: list[str]) -> str:
+    """['a', 'b', 'c'] -> 'a, b or c'."""
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 

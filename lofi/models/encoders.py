@@ -23,8 +23,9 @@ Every encoder here shares:
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
   `block`, `chunk:K`, and activation offload `offload` (see `encoder_checkpointing`;
   a `+head` suffix is the head's, `lofi.models.lofi_model`, and ignored here).
-  `offload` gives the same outputs and gradients as `none` in every BN mode. With frozen BN all three give the
-  same outputs, gradients and (unchanged) running statistics. With BN in train mode,
+  `offload` gives the same outputs and gradients as `none` in every BN mode. With
+  frozen BN the other three give the same outputs, gradients and (unchanged) running
+  statistics. With BN in train mode,
   `block` is still equivalent (recomputation never updates running statistics twice);
   `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
   batches": running statistics get one update per chunk), so it is *not* equivalent.

@@ -24,16 +24,15 @@ Traces are made fresh each time (about 1-10 s each on 2 cores); batch sizes othe
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from lofi.plan_workload import lofi_workload
+from lofi.plan_workload import LofiWorkload
 from planner.allocator import ALLOC
 from planner.fidelity import Fidelity
-from planner.trace import ACTIVATION, CATEGORY_NAMES, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, WORKSPACE, \
-    active_recorder
+from planner.trace import ACTIVATION, CATEGORY_NAMES, INPUT, WORKSPACE, active_recorder
 from planner.tracer import Tracer
 from planner.workload import ModelSpec, StepSpec
 
@@ -57,34 +56,42 @@ class HeadShare:
 
 class _Boundaries:
     """Event indices where the head starts and where the encoder's output gets its
-    gradient, taken from the active recorder by hooks."""
+    gradient, taken from the active recorder by hooks on the traced model."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self) -> None:
         self.head_start: int | None = None
         self.head_done: int | None = None
-        self.handles = [model.head.register_forward_pre_hook(self._start),
-                        model.encoder.register_forward_hook(self._watch)]
 
-    def _start(self, module, args) -> None:
+    def start(self, module, args) -> None:
         self.head_start = active_recorder().event_count
 
-    def _watch(self, module, args, output) -> None:
+    def watch(self, module, args, output) -> None:
         if output.requires_grad:
-            output.register_hook(self._done)
+            output.register_hook(self.done)
 
-    def _done(self, grad) -> None:
+    def done(self, grad) -> None:
         self.head_done = active_recorder().event_count
 
 
+@dataclass(frozen=True)
+class _HookedWorkload(LofiWorkload):
+    """The LoFi workload, its models built with the hooks of `bounds`."""
+
+    bounds: _Boundaries = field(default_factory=_Boundaries)
+
+    def build_model(self, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+        model = super().build_model(spec, device)
+        model.head.register_forward_pre_hook(self.bounds.start)
+        model.encoder.register_forward_hook(self.bounds.watch)
+        return model
+
+
 def head_share(tracer: Tracer, step: StepSpec, batch: int) -> HeadShare:
-    """Trace one step of `step` at `batch` and attribute its allocated peak."""
-    model = tracer._model_for(step.model, torch.device("meta"))
-    bounds = _Boundaries(model)
-    try:
-        trace = tracer.trace(step, batch)
-    finally:
-        for handle in bounds.handles:
-            handle.remove()
+    """Trace one step of `step` at `batch` (tracer of a `_HookedWorkload`) and attribute
+    its allocated peak."""
+    bounds = tracer.workload.bounds
+    bounds.head_start = bounds.head_done = None
+    trace = tracer.trace(step, batch)
     backward = trace.mark("backward")
     cuts = (bounds.head_start, backward, bounds.head_done)
     if None in cuts:
@@ -149,7 +156,7 @@ def main() -> None:
     print(f"head {args.head}: share of the traced step's allocated peak (one step, no allocator rounding)")
     print(f"{'backbone':>8} {'TR/SR':>7} {'policy':>12} {'prec':>4} {'batch':>5} {'peak MiB':>9} "
           f"{'head MiB':>9} {'head %':>6}  peak phase, largest live block")
-    workload = lofi_workload()
+    workload = _HookedWorkload()
     for backbone in args.backbones.split(","):
         for fidelity in fidelities:
             for policy in args.policies.split(","):

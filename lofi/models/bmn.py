@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through

@@ -32,6 +32,12 @@ chunk (K not dividing B*TR) is synthesized as a full one: at most one chunk's
 activations too many, while that chunk alone is in flight.
 Everything else (normalisation, checkpoint segments, concatenation) is the encoder's
 own code path; tests/test_plan_workload.py checks the expanded trace against a full one.
+
+Tracing `offload`: the encoder's blocks run under `_TracedOffload` instead of
+`save_on_cpu`: the same saved-tensor hooks around the same blocks, but pack records the
+bytes that would go to the host (`Trace.host_sizes`) instead of copying them, and unpack
+allocates the device copy backward reads. tests/test_offload.py checks it against the
+`none` trace and against what `save_on_cpu` packs on real tensors.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import saved_tensors_hooks
 
 from lofi.models.encoder_checkpointing import run_segment
 from lofi.models.encoders import VideoEncoder
@@ -88,6 +95,7 @@ class LofiWorkload:
                                  checkpointing=spec.checkpointing, device=device)
         if model.encoder._chunk is not None:
             model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)
+        model.encoder.offload_context = _TracedOffload
         return model
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
@@ -139,6 +147,29 @@ class _ChunkTraceRunner:
             recorder.stub(stub, units=skipped, units_per_period=enc._chunk)
             parts.append(stub)
         return torch.cat(parts)  # (B*TR, C)
+
+
+class _TracedOffload(saved_tensors_hooks):
+    """`save_on_cpu(pin_memory=True)` as the planner traces it: pack drops the device
+    tensor (its storage is freed once forward lets go of it, as after the real copy to
+    the host) and tells the recorder its bytes (`Recorder.host`); unpack allocates a
+    device tensor of the same size, dtype and layout, as the real host-to-device copy
+    (`Tensor.to`) does. No host tensor is made: on the meta device there is nothing to
+    copy, and a host tensor would count as device memory in the trace."""
+
+    def __init__(self) -> None:
+        recorder = active_recorder()
+
+        def pack(tensor: Tensor) -> tuple:
+            if recorder is not None:
+                recorder.host(tensor)
+            return tensor.device, tensor.size(), tensor.dtype, tensor.layout
+
+        def unpack(packed: tuple) -> Tensor:
+            device, size, dtype, layout = packed
+            return torch.empty(size, dtype=dtype, layout=layout, device=device)
+
+        super().__init__(pack, unpack)
 
 
 class _Marked:

@@ -15,7 +15,9 @@ For each fidelity a candidate trains at (one, or a C-LoFi cycle's three):
      capacity, bisected with the allocator's release-and-retry path
      (`allocator.needed_capacity`), with the cache releases per step it costs there;
   4. plus CUDA context, DDP buckets and NCCL buffers (`planner.overheads`), and time
-     from the traced FLOPs (`planner.timing`).
+     from the traced FLOPs (`planner.timing`), with the host copies of activation
+     offload (`Trace.host_sizes`, the host link of `planner.host_links`) and the pinned
+     host memory they hold (`MemoryEstimate.host_pinned`).
 A cycle's memory is its largest member's; its time is the members' mean.
 Per-rank memory does not depend on the number of GPUs except through accumulation and
 the DDP/NCCL terms, and not on the GPU except through the constants, so traces serve
@@ -44,7 +46,8 @@ from planner.hardware import GpuProfile
 from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
 from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
                                with_state, with_workspaces)
-from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, time_estimate
+from planner.host_links import host_link
+from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, offload_seconds, time_estimate
 from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 from planner.tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
@@ -146,6 +149,7 @@ class Replayed:
     memory: StepMemory
     flops: float  # per micro-batch
     grad_bytes: tuple[int, ...]
+    host_sizes: tuple[int, ...] = ()  # saved tensors offloaded to the host per micro-batch (bytes each)
 
 
 def _member(done: Replayed, candidate, profile, overheads, videos) -> tuple[MemoryEstimate, TimeEstimate | None]:
@@ -162,9 +166,18 @@ def _member(done: Replayed, candidate, profile, overheads, videos) -> tuple[Memo
         cache_releases_per_step=step.releases_per_step,
         source="estimated",
         calibration=overheads.label,
+        host_pinned=sum(pinned_block(size) for size in done.host_sizes),
         **_outside(profile, overheads, done.grad_bytes, candidate.world_size),
     )
-    return memory, time_estimate(done.flops, candidate, profile, overheads, videos)
+    transfer = offload_seconds(sum(done.host_sizes), host_link(profile)) if done.host_sizes else 0.0
+    return memory, time_estimate(done.flops, candidate, profile, overheads, videos, transfer)
+
+
+def pinned_block(nbytes: int) -> int:
+    """Pinned host bytes held for one offloaded tensor: PyTorch's caching host allocator
+    rounds every request up to a power of two (ATen/core/CachingHostAllocator.h,
+    `pinned_max_round_threshold` unset) and keeps the blocks for the next step."""
+    return 1 << (nbytes - 1).bit_length() if nbytes > 0 else 0
 
 
 def _outside(profile, overheads, grad_bytes, world_size) -> dict[str, int | None]:
@@ -188,7 +201,7 @@ def estimate_group(requests, store, profile, overheads, kind, usable: int) -> di
         outside = sum(v or 0 for v in _outside(profile, overheads, trace.grad_bytes, r.world_size).values())
         verdict = (usable - outside, usable - context_bytes(profile, overheads))
         memory = store.step_memory(r.step, r.batch, r.accumulation, kind, spaces, r.expandable, verdict)
-        out[r] = Replayed(memory, expanded_flops(trace), trace.grad_bytes)
+        out[r] = Replayed(memory, expanded_flops(trace), trace.grad_bytes, trace.host_sizes)
     return out
 
 

@@ -36,6 +36,7 @@ class MemoryEstimate:
     calibration: str | None = None  # which calibration file/constants were used
     reserved_slack: int | None = None  # unconstrained reserved - allocated peak (None: allocator_slack)
     cache_releases_per_step: int = 0  # cache releases (retries) per steady-state step at the needed capacity
+    host_pinned: int = 0  # pinned host memory the offloaded activations hold at their peak (end of forward)
 
     @property
     def allocated_peak(self) -> int:
@@ -74,6 +75,7 @@ class TimeEstimate:
     seconds_per_epoch: float  # for the dataset size the estimate was made for
     videos_per_epoch: int
     cost_per_epoch_usd: float | None = None  # where the profile has a price
+    host_transfer_seconds: float = 0.0  # per step, in seconds_per_step: offload copies, both ways, not overlapped
 
 
 @dataclass(frozen=True)

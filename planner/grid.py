@@ -22,7 +22,7 @@ PAPER_CYCLES: tuple[tuple[Fidelity, ...], ...] = (C_LOFI_CYCLE,)
 BACKBONES: tuple[str, ...] = ("tsm_r18", "tsm_r34", "tsm_r50")
 HEADS: tuple[str, ...] = ("gtad", "bmn")
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16)
-CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4")
+CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4", "offload")
 PAPER_GLOBAL_BATCH = 16  # PAPER.md: "global batch 16 for every configuration"
 CYCLE_NAME = "C"  # `--fidelity C` selects the C-LoFi cycle
 
@@ -63,6 +63,20 @@ def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tupl
     return tuple(dict.fromkeys(requested))
 
 
+def policies_for(profile: GpuProfile, requested: Sequence[str]) -> tuple[str, ...]:
+    """The checkpointing policies to try on `profile`: offload moves activations from the
+    device to host memory, which a CPU target has as its only memory, so the cpu profile
+    skips it (an explicit request alone is an error)."""
+    policies = tuple(dict.fromkeys(requested))
+    if profile.kind != "cpu":
+        return policies
+    kept = tuple(p for p in policies if not checkpointing.parse(p).offload)
+    if policies and not kept:
+        raise FieldError("checkpointing", f"offload moves activations to host memory; on {profile.name} that is the "
+                         "memory they are in already: choose none, block or chunk:K", value=", ".join(policies))
+    return kept
+
+
 def accumulation_steps(batch_per_gpu: int, world_size: int, global_batch: int, allow: bool) -> int | None:
     """Steps to reach `global_batch`, or None where this batch size cannot reach it exactly."""
     per_step = batch_per_gpu * world_size
@@ -76,6 +90,7 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
     """Every candidate of `spec` that can run on `profile` at the global batch."""
     _validate(spec)
     precisions = precisions_for(profile, spec.precisions)
+    policies = policies_for(profile, spec.checkpointing)
     world = spec.gpus * spec.nodes
     trainings: list[tuple[Fidelity | None, tuple[Fidelity, ...] | None]] = [(f, None) for f in dict.fromkeys(spec.fidelities)]
     trainings += [(None, cycle) for cycle in dict.fromkeys(spec.cycles)]
@@ -103,7 +118,7 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
         for backbone in dict.fromkeys(spec.backbones)
         for batch, accumulation in usable.items()
         for precision in precisions
-        for policy in dict.fromkeys(spec.checkpointing)
+        for policy in policies
         for expandable in dict.fromkeys(spec.expandable_segments)
     ]
     if not candidates:

@@ -23,6 +23,9 @@ class GpuProfile:
     price_source: str | None = None  # where (and when) hourly_usd comes from
     nvml_match: tuple[str, ...] = ()  # words of NVML device names that map to this profile
     compute_capability: str | None = None  # e.g. "8.0"; None: inferred (bf16 => >= 8.0, else 7.x)
+    host_link: str | None = None  # link to host memory (profiles/host_links.json); None: the table's default
+    host_link_gbps: float | None = None  # measured GB/s per direction, overrides the link type's nominal rate
+    host_link_source: str | None = None  # where host_link_gbps comes from (required with it)
 
     @property
     def supports_bf16(self) -> bool:

@@ -377,6 +377,7 @@ def _estimate(node: _Node) -> tuple[MemoryEstimate, TimeEstimate | None]:
         calibration=mem.str("calibration", optional=True),
         reserved_slack=mem.int("reserved_slack", optional=True),
         cache_releases_per_step=mem.int("cache_releases_per_step"),
+        host_pinned=mem.int("host_pinned") if "host_pinned" in mem.value else 0,  # plans before offload: 0
     )
     if memory.source not in ("estimated", "measured"):
         raise mem.fail("source", f"expected 'estimated' or 'measured', got {memory.source!r}")
@@ -395,6 +396,7 @@ def _estimate(node: _Node) -> tuple[MemoryEstimate, TimeEstimate | None]:
             seconds_per_epoch=tnode.float("seconds_per_epoch"),
             videos_per_epoch=tnode.int("videos_per_epoch", 1),
             cost_per_epoch_usd=tnode.float("cost_per_epoch_usd", optional=True),
+            host_transfer_seconds=tnode.float("host_transfer_seconds") if "host_transfer_seconds" in tnode.value else 0.0,
         )
         tnode.done()
     node.done()

@@ -30,7 +30,7 @@ _REQUIRED = {
     if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 }
 _NUMBERS = ("fp32_tflops", "fp16_tflops", "bandwidth_gbps")
-_OPTIONAL_NUMBERS = ("bf16_tflops", "hourly_usd")
+_OPTIONAL_NUMBERS = ("bf16_tflops", "hourly_usd", "host_link_gbps")
 _OPTIONAL_BYTES = ("cuda_context_bytes", "workspace_bytes")
 _KINDS = ("gpu", "cpu")
 
@@ -87,6 +87,11 @@ def profile_from_dict(document: Any, origin: str) -> GpuProfile:
         raise ProfileError(f"{origin}: price_source must be a string or null, got {price_source!r}")
     if values.get("hourly_usd") is not None and not price_source:
         raise ProfileError(f"{origin}: hourly_usd needs a price_source (where and when)")
+    for key in ("host_link", "host_link_source"):
+        if values.get(key) is not None and (not isinstance(values[key], str) or not values[key].strip()):
+            raise ProfileError(f"{origin}: {key} must be a non-empty string or null, got {values[key]!r}")
+    if values.get("host_link_gbps") is not None and not values.get("host_link_source"):
+        raise ProfileError(f"{origin}: host_link_gbps needs a host_link_source (where it was measured)")
     match = values.get("nvml_match", [])
     if not isinstance(match, list) or not all(isinstance(word, str) and word for word in match):
         raise ProfileError(f"{origin}: nvml_match must be a list of non-empty strings, got {match!r}")

@@ -203,8 +203,13 @@ def extrapolate(first: Trace, second: Trace, batch_size: int) -> Trace:
         raise StructureMismatch(f"skipped work is not affine in the batch size between {b1} and {b2}")
     t = (batch_size - b1) / (b2 - b1)
     flops = tuple((name, a + (b - a) * t) for (name, a), (_, b) in zip(first.flops, second.flops))
+    host = np.asarray(first.host_sizes, dtype=np.int64)
+    host_scaled = (np.asarray(second.host_sizes, dtype=np.int64) - host) * (batch_size - b1)
+    if np.any(host_scaled % (b2 - b1)):
+        raise StructureMismatch(f"offloaded sizes are not affine in the batch size between {b1} and {b2}")
+    host_sizes = tuple(int(v) for v in host + host_scaled // (b2 - b1))
     return Trace(first.ops, first.ids, sizes, first.categories, first.marks, flops, first.grad_bytes,
-                 first.carry, batch_size, first.stub_units + units // (b2 - b1), first.units_per_period)
+                 first.carry, batch_size, first.stub_units + units // (b2 - b1), first.units_per_period, host_sizes)
 
 
 def expand_periods(trace: Trace) -> Trace:
@@ -352,7 +357,7 @@ def _assemble(trace: Trace, ids: np.ndarray, keep: np.ndarray, insert: dict[int,
     events = _concat(parts)
     marks = tuple((label, int(new_index[i])) for label, i in trace.marks if not label.startswith("period:"))
     return Trace(events.ops, events.ids, events.sizes, events.categories, marks, flops, trace.grad_bytes,
-                 trace.carry, trace.batch_size)
+                 trace.carry, trace.batch_size, host_sizes=trace.host_sizes)
 
 
 def with_repeats(trace: Trace, repeats: int) -> Trace:

@@ -12,6 +12,11 @@ over the hardware's peak):
     bf16   bf16 peak x eff_amp_ampere (None where the GPU has no bf16)
     cpu    the profile's fp32 figure x eff_cpu
 
+Activation offload adds its copies: the bytes offloaded per micro-batch go to the host
+in forward and come back in backward, each way at the host link's rate per direction
+(`planner.host_links`), assumed not to overlap with compute: an upper bound on the
+step's time as far as the copies go.
+
 Not modelled: data loading and video decoding (assumed to keep up), DDP's all-reduce
 (assumed overlapped with backward), optimizer and elementwise work (not counted as
 FLOPs; the efficiency constants absorb them for ResNet-like models).
@@ -24,6 +29,7 @@ import math
 from planner.candidate import Candidate
 from planner.estimates import TimeEstimate
 from planner.hardware import GpuProfile
+from planner.host_links import HostLink
 from planner.overheads import Overheads
 
 ACTIVITYNET_TRAINING_VIDEOS = 9649  # ActivityNet-1.3 training videos available (the issue's default)
@@ -55,16 +61,20 @@ def time_estimate(
     profile: GpuProfile,
     overheads: Overheads,
     videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    transfer_seconds_per_micro_batch: float = 0.0,
 ) -> TimeEstimate | None:
     """One optimizer step = `accumulation` micro-batches per rank, all ranks in parallel;
-    an epoch = ceil(videos / global batch) steps. Cost: every GPU of the run is paid."""
+    an epoch = ceil(videos / global batch) steps. Cost: every GPU of the run is paid.
+    `transfer_seconds_per_micro_batch`: host copies of offloaded activations (both ways),
+    added without overlap (`offload_seconds`)."""
     if videos_per_epoch < 1:
         raise ValueError(f"videos per epoch must be >= 1, got {videos_per_epoch}")
     rate = sustained_flops(profile, candidate.precision, overheads)
     if rate is None:
         return None
     flops_per_step = flops_per_micro_batch * candidate.accumulation
-    seconds_per_step = flops_per_step / rate
+    transfer = transfer_seconds_per_micro_batch * candidate.accumulation
+    seconds_per_step = flops_per_step / rate + transfer
     steps = math.ceil(videos_per_epoch / candidate.global_batch)
     seconds_per_epoch = steps * seconds_per_step
     cost = None
@@ -76,7 +86,14 @@ def time_estimate(
         seconds_per_epoch=seconds_per_epoch,
         videos_per_epoch=videos_per_epoch,
         cost_per_epoch_usd=cost,
+        host_transfer_seconds=transfer,
     )
+
+
+def offload_seconds(host_bytes: int, link: HostLink) -> float:
+    """Seconds one micro-batch's offloaded activations spend on the host link: `host_bytes`
+    to the host in forward and the same back in backward, one direction at a time."""
+    return 2 * link.seconds(host_bytes)
 
 
 def mean_time(estimates: list[TimeEstimate | None]) -> TimeEstimate | None:
@@ -91,4 +108,5 @@ def mean_time(estimates: list[TimeEstimate | None]) -> TimeEstimate | None:
         seconds_per_epoch=sum(e.seconds_per_epoch for e in estimates) / n,  # type: ignore[union-attr]
         videos_per_epoch=estimates[0].videos_per_epoch,  # type: ignore[union-attr]
         cost_per_epoch_usd=None if any(c is None for c in costs) else sum(costs) / n,  # type: ignore[arg-type]
+        host_transfer_seconds=sum(e.host_transfer_seconds for e in estimates) / n,  # type: ignore[union-attr]
     )

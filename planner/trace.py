@@ -65,6 +65,12 @@ class Trace:
     batch_size: int
     stub_units: int = 0  # work skipped at trace time (e.g. snippets), affine in the batch size
     units_per_period: int = 1  # work per repeated period (e.g. snippets per chunk)
+    host_sizes: tuple[int, ...] = ()  # bytes of each saved tensor offloaded to host memory, in order
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes copied to host memory in forward (and back in backward) per micro-batch."""
+        return sum(self.host_sizes)
 
     @property
     def repeats(self) -> int:
@@ -97,6 +103,7 @@ class Trace:
             and self.carry == other.carry
             and (self.stub_units == 0) == (other.stub_units == 0)
             and self.units_per_period == other.units_per_period
+            and len(self.host_sizes) == len(other.host_sizes)
             and [n for n, _ in self.flops] == [n for n, _ in other.flops]
         )
 
@@ -126,6 +133,7 @@ class Recorder(TorchDispatchMode):
         self.compress = compress  # workloads may skip repeated periods (see `period`, `stub`)
         self.stub_units = 0
         self.units_per_period = 1
+        self.host_sizes: list[int] = []  # tensors saved to host memory (`host`)
         self._ops: list[int] = []
         self._ids: list[int] = []
         self._sizes: list[int] = []
@@ -261,6 +269,12 @@ class Recorder(TorchDispatchMode):
         self.classify([tensor], STUB)
         self.stub_units, self.units_per_period = units, units_per_period
 
+    def host(self, tensor: torch.Tensor) -> None:
+        """`tensor` is saved for backward in host memory, not on the device (activation
+        offload): the workload drops its device reference and calls this instead of
+        copying, and allocates a device copy where backward unpacks it."""
+        self.host_sizes.append(tensor.numel() * tensor.element_size())
+
     @property
     def event_count(self) -> int:
         return len(self._ops)
@@ -287,6 +301,7 @@ class Recorder(TorchDispatchMode):
             batch_size=batch_size,
             stub_units=self.stub_units,
             units_per_period=self.units_per_period,
+            host_sizes=tuple(self.host_sizes),
         )
 
 

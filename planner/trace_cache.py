@@ -134,6 +134,7 @@ def _encode(key: str, trace: Trace) -> bytes:
         "batch_size": trace.batch_size,
         "stub_units": trace.stub_units,
         "units_per_period": trace.units_per_period,
+        "host_sizes": trace.host_sizes,
     }
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -157,6 +158,7 @@ def _read(path: Path, key: str) -> Trace | None:
             batch_size=int(meta["batch_size"]),
             stub_units=int(meta["stub_units"]),
             units_per_period=int(meta["units_per_period"]),
+            host_sizes=tuple(int(b) for b in meta.get("host_sizes", ())),
         )
     except Exception:  # corrupt, truncated, foreign or older file: ignore it
         return None

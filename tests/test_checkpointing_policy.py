@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from planner import checkpointing
@@ -15,6 +17,10 @@ from planner.fidelity import Fidelity
     ("block", Checkpointing("block")),
     ("chunk:4", Checkpointing("chunk", 4)),
     ("chunk:1", Checkpointing("chunk", 1)),
+    ("offload", Checkpointing("offload")),
+    ("none+head", Checkpointing("none", head=True)),
+    ("chunk:4+head", Checkpointing("chunk", 4, head=True)),
+    ("offload+head", Checkpointing("offload", head=True)),
 ])
 def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
     assert checkpointing.parse(text) == parsed
@@ -22,16 +28,21 @@ def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
 
 
 @pytest.mark.parametrize("text", ["", "chunk", "chunk:", "chunk:0", "chunk:-2", "chunk:x", "block:2", "none:",
-                                  "Block", "chunks:4", None, 4])
+                                  "Block", "chunks:4", None, 4, "+head", "head", "none+head+head",
+                                  "offload:2", "none+HEAD", "block +head"])
 def test_parse_rejects_anything_else_naming_the_value(text):
-    with pytest.raises(ValueError, match=r"must be none, block or chunk:K \(K >= 1\), got " + repr(repr(text))[1:-1]):
+    with pytest.raises(ValueError, match=r"must be none, block, chunk:K or offload \(K >= 1\), each optionally "
+                                         r"\+head, got " + re.escape(repr(text))):
         checkpointing.parse(text)
 
 
 def test_recomputation_orders_the_kinds():
-    order = sorted(["chunk:2", "none", "block"], key=lambda text: checkpointing.parse(text).recomputation)
-    assert order == ["none", "block", "chunk:2"]
+    order = sorted(["offload", "chunk:2", "block+head", "none", "none+head", "block"],
+                   key=lambda text: checkpointing.parse(text).recomputation)
+    assert order == ["none", "none+head", "block", "block+head", "chunk:2", "offload"]
     assert not checkpointing.parse("none").enabled and checkpointing.parse("chunk:3").enabled
+    assert checkpointing.parse("none+head").enabled and checkpointing.parse("offload").enabled
+    assert checkpointing.parse("offload+head").offload and not checkpointing.parse("block").offload
 
 
 def test_candidate_keeps_the_text_and_parses_it():

@@ -13,7 +13,7 @@ from benchmark_loader import load_benchmark
 from lofi.errors import OptionError
 from lofi.models.encoders import ENCODERS, build_encoder
 
-POLICIES = ("none", "block", "chunk:1", "chunk:2")
+POLICIES = ("none", "block", "chunk:1", "chunk:2", "offload")
 
 
 def _clips(b=1, tr=2, f=2, sr=32, seed=0, dtype=torch.uint8):
@@ -157,6 +157,38 @@ def test_block_checkpointing_updates_unfrozen_bn_once():
     _assert_same(run, reference)
     assert run[2]["layer3.0.bn1.num_batches_tracked"].item() == 1
     assert not torch.equal(run[2]["layer3.0.bn1.running_mean"], base.layer3[0].bn1.running_mean)
+
+
+def test_offload_with_unfrozen_bn_is_none_exactly():
+    # save_on_cpu only moves saved tensors: same outputs, gradients and one BN update
+    torch.manual_seed(0)
+    base = build_encoder("tsm_r18", freeze_bn=False, dtype=torch.float64)
+    clips = _clips(b=2, tr=2, f=2)
+    reference = _train_step(copy.deepcopy(base), clips)
+    encoder = copy.deepcopy(base)
+    encoder.set_grad_checkpointing("offload+head")  # the head's suffix is no concern of the encoder's
+    run = _train_step(encoder, clips)
+    _assert_same(run, reference)
+    assert run[2]["layer3.0.bn1.num_batches_tracked"].item() == 1
+
+
+def test_offload_packs_every_block_and_only_blocks():
+    calls = []
+
+    class Counting(torch.autograd.graph.saved_tensors_hooks):
+        def __init__(self):
+            super().__init__(lambda t: (calls.append(t.shape), t)[1], lambda t: t)
+
+    encoder = build_encoder("tsm_r18")
+    encoder.set_grad_checkpointing("offload")
+    encoder.offload_context = Counting
+    encoder(_clips(b=1, tr=2, f=2)).sum().backward()
+    assert calls and (1 * 2 * 2, 64, 8, 8) in calls  # layer1's input (stem output, 32x32 -> 8x8) is saved
+    assert (1 * 2 * 2, 64, 16, 16) not in calls  # the stem's own saved tensors stay on the device
+    calls.clear()
+    with torch.no_grad():
+        encoder(_clips(b=1, tr=2, f=2))
+    assert not calls
 
 
 def test_chunk_with_unfrozen_bn_updates_once_per_chunk():

@@ -21,9 +21,9 @@ def test_default_grid_is_the_papers_configurations_times_the_options():
     assert {c.backbone for c in grid} == {"tsm_r18", "tsm_r34", "tsm_r50"}
     assert {c.batch_per_gpu for c in grid} == {1, 2, 4, 8, 16}
     assert {c.precision for c in grid} == {"fp32", "fp16"}  # V100: no bf16
-    assert {c.checkpointing for c in grid} == {"none", "block", "chunk:4"}
+    assert {c.checkpointing for c in grid} == {"none", "block", "chunk:4", "offload"}
     assert all(c.global_batch == 16 and c.head == "gtad" and c.optimizer == "sgd" for c in grid)
-    assert len(grid) == 6 * 3 * 5 * 2 * 3
+    assert len(grid) == 6 * 3 * 5 * 2 * 4
     assert len(set(grid)) == len(grid)
     cycle = [c for c in grid if c.cycle is not None]
     assert cycle and all(c.fidelity is None and c.cycle == C_LOFI_CYCLE for c in cycle)
@@ -34,6 +34,15 @@ def test_bf16_only_where_the_gpu_has_it():
     with pytest.raises(PlannerError, match="v100-32gb .* has no bf16"):
         build_grid(GridSpec(precisions=("bf16",)), V100)
     assert {c.precision for c in build_grid(GridSpec(), get_profile("cpu"))} == {"fp32"}
+
+
+def test_offload_only_where_there_is_a_device_to_offload_from():
+    cpu = get_profile("cpu")
+    assert {c.checkpointing for c in build_grid(GridSpec(), cpu)} == {"none", "block", "chunk:4"}
+    assert {c.checkpointing for c in build_grid(GridSpec(checkpointing=("offload+head", "block")), V100)} == {
+        "offload+head", "block"}
+    with pytest.raises(FieldError, match="checkpointing offload: offload moves activations to host memory; on cpu"):
+        build_grid(GridSpec(checkpointing=("offload",)), cpu)
 
 
 @pytest.mark.parametrize(

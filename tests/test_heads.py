@@ -11,7 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lofi.errors import OptionError
-from lofi.models.boundary_matching import bmn_bm_sampling, dense_matrix, gtad_sgalign_sampling
+from lofi.models.boundary_matching import bmn_bm_sampling, dense_matrix, duration_pieces, gtad_sgalign_sampling
 from lofi.models.head_output import HeadOutput
 from lofi.models.heads import build_head, constant_buffer_names
 from lofi.models.labels import valid_anchor_mask
@@ -214,6 +214,33 @@ def test_invalid_anchors_do_not_change_valid_gtad_outputs():
     again = head(x).confidence_map
     mask = torch.from_numpy(valid_anchor_mask(6))
     torch.testing.assert_close(again[..., mask], out[..., mask])
+
+
+@pytest.mark.parametrize("name", ["gtad", "bmn"])
+def test_checkpointed_map_is_equivalent_in_float64(name):
+    # `+head`: the sampled map in checkpoint segments over durations (T = 12: pieces of 1-2)
+    torch.manual_seed(0)
+    head = build_head(name, in_channels=8, temporal_dim=12, extra_temporal_dims=(5,)).double()
+    runs = []
+    for checkpoint_map, t in ((False, 12), (True, 12), (False, 5), (True, 5)):
+        head.checkpoint_map = checkpoint_map
+        head.zero_grad(set_to_none=True)
+        x = torch.randn(2, 8, t, dtype=torch.float64, generator=torch.Generator().manual_seed(t), requires_grad=True)
+        out = head(x)
+        (out.start.sum() + (out.confidence_map ** 2).sum()).backward()
+        runs.append((out.confidence_map.detach(), x.grad, {n: p.grad for n, p in head.named_parameters()}))
+    for plain, pieces in ((runs[0], runs[1]), (runs[2], runs[3])):
+        torch.testing.assert_close(pieces[0], plain[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pieces[1], plain[1], rtol=1e-12, atol=1e-12)
+        for n, grad in plain[2].items():
+            torch.testing.assert_close(pieces[2][n], grad, rtol=1e-12, atol=1e-12, msg=n)
+
+
+def test_duration_pieces_cover_every_duration_once():
+    assert duration_pieces(100, 10) == [slice(10 * i, 10 * i + 10) for i in range(10)]
+    for t in (4, 7, 25, 50):
+        covered = [d for piece in duration_pieces(t, 10) for d in range(t)[piece]]
+        assert covered == list(range(t))
 
 
 def test_gradients_flow_to_every_parameter():

@@ -230,3 +230,20 @@ def test_sigterm_mid_head_epoch_checkpoints_its_position_and_resume_matches(tiny
     assert resumed["step"] == 2
     for key in expected:
         torch.testing.assert_close(resumed["model"][key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_offload_trains_exactly_the_weights_of_none(tiny_data, tmp_path):
+    # `lofi train`'s own path (build_lofi_model from the plan's candidate): save_on_cpu per
+    # encoder block changes where saved tensors live, not what is computed
+    from train_helpers import tiny_candidate
+
+    config = tiny_config(tiny_data, lofi=OptimConfig("sgd", lr=0.05, epochs=1, step_epochs=1, gamma=0.5))
+    context = setup_distributed(prefer_cuda=False)
+    weights = {}
+    for policy in ("none", "offload"):
+        run = RunFolder(tmp_path / policy)
+        run_pipeline(config, tiny_plan(tiny_candidate(checkpointing=policy)), run, context, stages=("lofi",))
+        assert json.loads(run.plan.read_text())["chosen"]["checkpointing"] == policy
+        weights[policy] = load_checkpoint(run.lofi_checkpoints).state["model"]
+    for name, value in weights["none"].items():
+        assert torch.equal(weights["offload"][name], value), name

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix
+from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256
@@ -45,11 +44,9 @@ class BoundaryMatching(SamplingLayer):
             sampling = bmn_bm_sampling(t, NUM_SAMPLE, SAMPLES_PER_BIN, BOUNDARY_RATIO)
             self.register_matrix("sample_matrix", t, dense_matrix(sampling, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, t = x.shape
-        sample_matrix = self.matrix("sample_matrix", t)  # (T, 32 * D * T); raises for an unknown T
-        out = torch.matmul(x, sample_matrix.to(x.dtype))  # (B, C, 32 * D * T)
-        return out.view(b, c * NUM_SAMPLE, t, t)
+    def forward(self, x: Tensor, durations: slice | None = None) -> Tensor:
+        """x (B, C, T) -> (B, C * 32, D, T); with `durations`, only those rows of D."""
+        return self.sample("sample_matrix", x, NUM_SAMPLE, durations)
 
 
 class BMN(nn.Module):
@@ -74,6 +71,8 @@ class BMN(nn.Module):
         self.proposal_3d = nn.Sequential(  # Conv3d(256, 512, (32, 1, 1)) as a 1x1 Conv2d
             nn.Conv2d(HIDDEN_1D * NUM_SAMPLE, HIDDEN_3D, 1, **fk), nn.ReLU(inplace=True),
         )
+        # `+head` policies: the sampled map is recomputed in backward (`map_through`)
+        self.checkpoint_map = False
         self.proposal_2d = nn.Sequential(
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
             nn.Conv2d(HIDDEN_2D, HIDDEN_2D, 3, padding=1, **fk), nn.ReLU(inplace=True),
@@ -88,11 +87,18 @@ class BMN(nn.Module):
             nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid(),
         )
 
+    def _sampled_map(self, proposal: Tensor, durations: slice | None = None) -> Tensor:
+        """BM layer and the Conv3d: (B, 256, T) -> (B, 512, D, T), through the
+        (B, 256 * 32, D, T) sampled map, the head's largest activation (with
+        `durations`: only those rows of D)."""
+        return self.proposal_3d(self.bm_layer(proposal, durations))
+
     def forward(self, features: Tensor) -> HeadOutput:
         self.bm_layer.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.base(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
-        bm = self.bm_layer(self.proposal_1d(base))  # (B, 256 * 32, D, T)
-        confidence_map = self.proposal_2d(self.proposal_3d(bm))  # (B, 2, D, T)
+        proposal = self.proposal_1d(base)  # (B, 256, T)
+        mapped = map_through(self._sampled_map, self, proposal, self.checkpoint_map)  # (B, 512, D, T)
+        confidence_map = self.proposal_2d(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lofi.errors import OptionError
+from lofi.models.encoder_checkpointing import piecewise_segments
 
 
 class SparseSampling(NamedTuple):
@@ -171,3 +172,35 @@ class SamplingLayer(nn.Module):
         """The (T, P * D * T) matrix of `kind` for T = t."""
         self.check_temporal_dim(t)
         return getattr(self, self.buffer_name(kind, t))
+
+    def sample(self, kind: str, x: Tensor, points: int, durations: slice | None = None) -> Tensor:
+        """x (B, C, T) through matrix `kind` of P = `points`: the sampled map
+        (B, C * P, D, T), or with `durations` only those rows of D, (B, C * P, Dk, T)
+        (the same numbers: every anchor's column is its own)."""
+        b, c, t = x.shape
+        matrix = self.matrix(kind, t)  # (T, P * D * T); raises for an unknown T
+        if durations is None:
+            return torch.matmul(x, matrix.to(x.dtype)).view(b, c * points, t, t)
+        part = matrix.view(t, points, t, t)[:, :, durations].to(x.dtype)  # (T, P, Dk, T)
+        out = torch.einsum("bct,tpds->bcpds", x, part)  # (B, C, P, Dk, T)
+        return out.reshape(b, c * points, -1, t)
+
+
+MAP_PIECES = 10  # `+head`: checkpoint segments over the anchor durations (a tenth of the map each)
+
+
+def map_through(fn: Callable[..., Tensor], head: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
+    """A head's sampled-map block `fn` (x (B, C, T), durations -> (B, C', D, T), the
+    rows of D in `durations`, all of them for None) on x: plainly, or `checkpointed`
+    (the `+head` policies) in MAP_PIECES checkpoint segments over the durations, so that
+    backward holds one piece's map at a time."""
+    if not checkpointed:
+        return fn(x)
+    pieces = duration_pieces(x.shape[-1], MAP_PIECES)
+    return piecewise_segments(fn, head, x, pieces, dim=2)
+
+
+def duration_pieces(t: int, pieces: int) -> list[slice]:
+    """range(T) of durations in `pieces` near-equal consecutive slices (fewer when T < pieces)."""
+    bounds = sorted({i * t // pieces for i in range(pieces + 1)})
+    return [slice(a, z) for a, z in zip(bounds, bounds[1:])]

@@ -7,6 +7,11 @@ Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpoint
     block     every residual block is one segment (timm `set_grad_checkpointing`)
     chunk:K   the encoder runs K snippets at a time; each chunk, normalisation included,
               is one segment, so backward holds about one chunk's activations at a time
+    offload   every residual block runs under `torch.autograd.graph.save_on_cpu(
+              pin_memory=True)`: what it saves for backward is copied to pinned host
+              memory in forward and back to the device in backward (`offload_context`)
+    ...+head  the head's sampled boundary-matching map in segments over the
+              anchor durations (`piecewise_segments`, by `boundary_matching.map_through`)
 
 Segments use non-reentrant `torch.utils.checkpoint` (PyTorch docs recommend it; it works
 when no input requires grad, as for uint8 clips). `preserve_rng_state=False`: the
@@ -17,11 +22,11 @@ planner trace fake CUDA tensors on a machine without CUDA.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
@@ -33,9 +38,10 @@ _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def parse_policy(policy: str) -> Checkpointing:
-    """'none' | 'block' | 'chunk:K' -> Checkpointing; anything else is an OptionError."""
+    """A policy as written ('block', 'offload+head', ...) -> Checkpointing; anything else
+    is an OptionError."""
     if not isinstance(policy, str):
-        raise OptionError(f"checkpointing policy must be a string (none, block or chunk:K), got {policy!r}")
+        raise OptionError(f"checkpointing policy must be a string ({checkpointing.syntax()}), got {policy!r}")
     try:
         return checkpointing.parse(policy)
     except ValueError as exc:
@@ -80,3 +86,17 @@ def run_segment(fn: Callable[..., Any], scope: nn.Module, *args: Any) -> Any:
         preserve_rng_state=False,
         context_fn=lambda: (nullcontext(), scratch_running_stats(scope)),
     )
+
+
+def save_on_cpu() -> AbstractContextManager:
+    """The offload policy's context around one encoder block: saved tensors go to pinned
+    host memory (pinning only where CUDA is available; on a CPU they are copied on the
+    CPU, which keeps the code path and the gradients the same)."""
+    return torch.autograd.graph.save_on_cpu(pin_memory=True)
+
+
+def piecewise_segments(fn: Callable[..., Tensor], scope: nn.Module, x: Tensor, pieces: list, dim: int) -> Tensor:
+    """cat([fn(x, piece) for piece in pieces], dim), each call one checkpoint segment
+    (`run_segment`): backward then recomputes and holds one piece's intermediates at a
+    time instead of all of them."""
+    return torch.cat([run_segment(fn, scope, x, piece) for piece in pieces], dim=dim)

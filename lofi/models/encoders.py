@@ -21,8 +21,11 @@ Every encoder here shares:
   AND its weight and bias have `requires_grad=False`, so optimizers built from
   trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
-  `block`, `chunk:K` (see `encoder_checkpointing`). With frozen BN all three give the
-  same outputs, gradients and (unchanged) running statistics. With BN in train mode,
+  `block`, `chunk:K`, and activation offload `offload` (see `encoder_checkpointing`;
+  a `+head` suffix is the head's, `lofi.models.lofi_model`, and ignored here).
+  `offload` gives the same outputs and gradients as `none` in every BN mode. With
+  frozen BN the other three give the same outputs, gradients and (unchanged) running
+  statistics. With BN in train mode,
   `block` is still equivalent (recomputation never updates running statistics twice);
   `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
   batches": running statistics get one update per chunk), so it is *not* equivalent.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +46,7 @@ from torchvision.models.resnet import ResNet
 from torchvision.models.video import r2plus1d_18
 
 from lofi.errors import OptionError
-from lofi.models.encoder_checkpointing import parse_policy, run_segment
+from lofi.models.encoder_checkpointing import parse_policy, run_segment, save_on_cpu
 from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
 
 # ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
@@ -81,24 +85,35 @@ class VideoEncoder(nn.Module):
         # -> features (B*TR, C). The planner sets one that traces a few chunks and
         # synthesizes the rest (lofi/plan_workload.py); training never does.
         self.chunk_runner: Callable[[Tensor], Tensor] | None = None
+        # The context each residual block runs in under `offload`; the planner sets one
+        # that records what would go to the host instead of copying (lofi/plan_workload.py).
+        self.offload_context: Callable[[], AbstractContextManager] = save_on_cpu
+        self._offload = False
+        self._block_segments = False
         self.pretrained_report = None  # a PretrainedReport once build_encoder loaded weights
 
     # -- checkpointing (timm style: a switch that forward reads) ------------------------
 
     @property
     def grad_checkpointing(self) -> str:
-        """The current policy string: 'none', 'block' or 'chunk:K'."""
+        """The current policy string: 'none', 'block', 'chunk:K', 'offload' (+head)."""
         return self._policy
 
     def set_grad_checkpointing(self, policy: str = "block") -> None:
         parsed = parse_policy(policy)
         self._policy = policy
         self._chunk = parsed.size if parsed.kind == "chunk" else None
+        self._offload = parsed.offload
+        self._block_segments = parsed.kind == "block"
 
     def run_block(self, block: nn.Module, x: Tensor, *args: object) -> Tensor:
-        """One residual block, a checkpoint segment of its own under policy 'block'."""
-        if self._policy == "block":
+        """One residual block, a checkpoint segment of its own under policy 'block',
+        its saved tensors offloaded to the host under 'offload'."""
+        if self._block_segments:
             return run_segment(block, block, x, *args)
+        if self._offload and torch.is_grad_enabled():
+            with self.offload_context():
+                return block(x, *args)
         return block(x, *args)
 
     # -- BatchNorm modes ----------------------------------------------------------------

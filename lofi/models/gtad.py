@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling
+from lofi.models.boundary_matching import SamplingLayer, dense_matrix, gtad_sgalign_sampling, map_through
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256  # opts.h_dim_1d
@@ -94,14 +94,14 @@ class SGAlign(SamplingLayer):
                 sampling = gtad_sgalign_sampling(t, points, EXPAND_RATIO)
                 self.register_matrix(kind, t, dense_matrix(sampling, device=device, dtype=dtype))  # (T, P*D*T)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b, c, t = x.shape
-        inner_matrix = self.matrix("inner_matrix", t)  # (T, 32 * D * T); raises for an unknown T
-        context_matrix = self.matrix("context_matrix", t)  # (T, 4 * D * T)
+    def forward(self, x: Tensor, durations: slice | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, C, T) -> (B, C * 32, D, T), (B, C * 4, D, T); with `durations`, only
+        those anchor durations (Dk rows of D)."""
+        self.check_temporal_dim(x.shape[-1])
         context = gather_neighbours(x, knn_indices(x, NEIGHBOURS)).mean(dim=-1)  # (B, C, T)
-        inner = torch.matmul(x, inner_matrix.to(x.dtype))  # (B, C, 32 * D * T)
-        outer = torch.matmul(context, context_matrix.to(x.dtype))  # (B, C, 4 * D * T)
-        return inner.view(b, c * INNER_POINTS, t, t), outer.view(b, c * CONTEXT_POINTS, t, t)
+        inner = self.sample("inner_matrix", x, INNER_POINTS, durations)  # (B, C * 32, D, T)
+        outer = self.sample("context_matrix", context, CONTEXT_POINTS, durations)  # (B, C * 4, D, T)
+        return inner, outer
 
 
 class GTAD(nn.Module):
@@ -125,6 +125,8 @@ class GTAD(nn.Module):
         self.temporal_dims = self.align.temporal_dims
         # localization: the first 1x1 conv reads all 256 * 36 aligned channels
         self.map_in = nn.Conv2d(HIDDEN_1D * (INNER_POINTS + CONTEXT_POINTS), HIDDEN_3D, 1, **fk)
+        # `+head` policies: the sampled map is recomputed in backward (`map_through`)
+        self.checkpoint_map = False
         self.map_out = nn.Sequential(
             nn.ReLU(inplace=True),
             nn.Conv2d(HIDDEN_3D, HIDDEN_2D, 1, **fk), nn.ReLU(inplace=True),
@@ -141,11 +143,19 @@ class GTAD(nn.Module):
         w_outer = w[:, :, INNER_POINTS:].reshape(HIDDEN_3D, -1, 1, 1)
         return F.conv2d(inner, w_inner, self.map_in.bias) + F.conv2d(outer, w_outer)
 
+    def _sampled_map(self, graph: Tensor, durations: slice | None = None) -> Tensor:
+        """SGAlign and the first 1x1 convolution: (B, 256, T) -> (B, 512, D, T), through
+        the (B, 256 * 36, D, T) sampled map, the head's largest activation (with
+        `durations`: only those rows of D)."""
+        inner, outer = self.align(graph, durations)  # (B, 256*32, D, T), (B, 256*4, D, T)
+        return self._map_in(inner, outer)
+
     def forward(self, features: Tensor) -> HeadOutput:
         self.align.check_temporal_dim(features.shape[-1])  # fail before any work
         base = self.backbone1(features)  # (B, 256, T)
         start = self.start_branch(base).squeeze(1)  # (B, T)
         end = self.end_branch(base).squeeze(1)  # (B, T)
-        inner, outer = self.align(self.backbone2(base))  # (B, 256*32, D, T), (B, 256*4, D, T)
-        confidence_map = self.map_out(self._map_in(inner, outer))  # (B, 2, D, T)
+        graph = self.backbone2(base)  # (B, 256, T)
+        mapped = map_through(self._sampled_map, self, graph, self.checkpoint_map)  # (B, 512, D, T)
+        confidence_map = self.map_out(mapped)  # (B, 2, D, T)
         return HeadOutput(start=start, end=end, confidence_map=confidence_map)

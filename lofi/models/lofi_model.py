@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lofi.models.encoder_checkpointing import parse_policy
 from lofi.models.encoders import build_encoder
 from lofi.models.head_output import HeadOutput
 from lofi.models.heads import build_head
@@ -53,10 +54,13 @@ def build_lofi_model(
 ) -> LoFiModel:
     """The end-to-end model for a candidate, in train mode: the head takes every T in
     `temporal_dims` (the TR of each fidelity of a C-LoFi cycle in cycle order, or just
-    one). BatchNorm: `bn_mode` (train|frozen|partial) when given, else from `freeze_bn`."""
+    one). BatchNorm: `bn_mode` (train|frozen|partial) when given, else from `freeze_bn`.
+    `checkpointing`: the encoder's policy; a `+head` suffix also checkpoints the head's
+    sampled map, in segments over the anchor durations."""
     encoder = build_encoder(backbone, pretrained=pretrained, freeze_bn=freeze_bn, bn_mode=bn_mode, device=device)
     encoder.set_grad_checkpointing(checkpointing)
     first, *others = dict.fromkeys(temporal_dims)  # unique, in order
     tal_head = build_head(head, in_channels=encoder.out_channels, temporal_dim=first,
                           extra_temporal_dims=tuple(others), device=device)
+    tal_head.checkpoint_map = parse_policy(checkpointing).head  # the policy's `+head`
     return LoFiModel(encoder, tal_head).train()

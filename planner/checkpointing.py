@@ -4,6 +4,9 @@ The policy travels as text (`Candidate.checkpointing`, plan.json, the trace cach
 code that needs its parts parses it here. Policies:
 
     none      keep every activation for backward
+    blocks:N  N of the model's residual blocks are checkpoint segments: the N that save
+              the most activation memory per recomputed FLOP (the model decides which;
+              `blocks:<number of blocks>` is `block`)
     block     every residual block is one checkpoint segment
     chunk:K   the model runs K samples (snippets) at a time, each chunk one segment
 
@@ -28,19 +31,20 @@ class PolicyKind:
 
 KINDS: dict[str, PolicyKind] = {kind.name: kind for kind in (
     PolicyKind("none", None, 0),
-    PolicyKind("block", None, 1),
-    PolicyKind("chunk", "K", 2),
+    PolicyKind("blocks", "N", 1),
+    PolicyKind("block", None, 2),
+    PolicyKind("chunk", "K", 3),
 )}
 
 
 @dataclass(frozen=True)
 class Checkpointing:
     kind: str  # a name in KINDS
-    size: int | None = None  # the kind's number (the K of chunk:K: samples per chunk), else None
+    size: int | None = None  # the kind's number (K of chunk:K: samples per chunk; N of blocks:N), else None
 
     @property
     def label(self) -> str:
-        """The policy as written in plan.json: 'none', 'block', 'chunk:4'."""
+        """The policy as written in plan.json: 'none', 'blocks:3', 'block', 'chunk:4'."""
         return self.kind if self.size is None else f"{self.kind}:{self.size}"
 
     @property
@@ -53,21 +57,25 @@ class Checkpointing:
         return self.kind != "none"
 
 
+def _either(items: list[str]) -> str:
+    return f"{', '.join(items[:-1])} or {items[-1]}" if len(items) > 1 else items[0]
+
+
 def syntax() -> str:
-    """'none, block or chunk:K (K >= 1)': every policy as written."""
-    names = [kind.syntax for kind in KINDS.values()]
+    """'none, blocks:N, block or chunk:K (N >= 1, K >= 1)': every policy as written."""
+    text = _either([kind.syntax for kind in KINDS.values()])
     numbers = [f"{kind.number} >= 1" for kind in KINDS.values() if kind.number]
-    text = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
     return f"{text} ({', '.join(numbers)})" if numbers else text
 
 
 def enabled_syntax() -> str:
-    """'block or chunk:K': the policies that checkpoint anything, as written."""
-    return " or ".join(kind.syntax for kind in KINDS.values() if kind.name != "none")
+    """'blocks:N, block or chunk:K': the policies that checkpoint anything, as written."""
+    return _either([kind.syntax for kind in KINDS.values() if kind.name != "none"])
 
 
 def parse(text: str) -> Checkpointing:
-    """'none' | 'block' | 'chunk:K' -> Checkpointing. Raises ValueError on anything else."""
+    """'none' | 'blocks:N' | 'block' | 'chunk:K' -> Checkpointing. Raises ValueError on
+    anything else (an N above a model's number of blocks is the model's to refuse)."""
     if isinstance(text, str):
         name, colon, number = text.partition(":")
         kind = KINDS.get(name)

@@ -15,6 +15,8 @@ from planner.fidelity import Fidelity
     ("block", Checkpointing("block")),
     ("chunk:4", Checkpointing("chunk", 4)),
     ("chunk:1", Checkpointing("chunk", 1)),
+    ("blocks:3", Checkpointing("blocks", 3)),
+    ("blocks:16", Checkpointing("blocks", 16)),
 ])
 def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
     assert checkpointing.parse(text) == parsed
@@ -22,15 +24,16 @@ def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
 
 
 @pytest.mark.parametrize("text", ["", "chunk", "chunk:", "chunk:0", "chunk:-2", "chunk:x", "block:2", "none:",
-                                  "Block", "chunks:4", None, 4])
+                                  "Block", "chunks:4", None, 4,
+                                  "blocks", "blocks:", "blocks:0", "blocks:x", "blocks:-1", "blocks:2:3"])
 def test_parse_rejects_anything_else_naming_the_value(text):
-    with pytest.raises(ValueError, match=r"must be none, block or chunk:K \(K >= 1\), got " + repr(repr(text))[1:-1]):
+    with pytest.raises(ValueError, match=r"must be none, blocks:N, block or chunk:K \(N >= 1, K >= 1\), got " + repr(repr(text))[1:-1]):
         checkpointing.parse(text)
 
 
 def test_recomputation_orders_the_kinds():
-    order = sorted(["chunk:2", "none", "block"], key=lambda text: checkpointing.parse(text).recomputation)
-    assert order == ["none", "block", "chunk:2"]
+    order = sorted(["chunk:2", "none", "block", "blocks:3"], key=lambda text: checkpointing.parse(text).recomputation)
+    assert order == ["none", "blocks:3", "block", "chunk:2"]
     assert not checkpointing.parse("none").enabled and checkpointing.parse("chunk:3").enabled
 
 

@@ -21,9 +21,11 @@ Every encoder here shares:
   AND its weight and bias have `requires_grad=False`, so optimizers built from
   trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
-  `block`, `chunk:K` (see `encoder_checkpointing`). With frozen BN all three give the
+  `blocks:N`, `block`, `chunk:K` (see `encoder_checkpointing`; `blocks:N` checkpoints
+  the N residual blocks of `lofi.models.block_order.checkpoint_order`, named by
+  `checkpointed_blocks`). With frozen BN all of them give the
   same outputs, gradients and (unchanged) running statistics. With BN in train mode,
-  `block` is still equivalent (recomputation never updates running statistics twice);
+  `block` and `blocks:N` are still equivalent (recomputation never updates running statistics twice);
   `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
   batches": running statistics get one update per chunk), so it is *not* equivalent.
 
@@ -56,8 +58,10 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 class VideoEncoder(nn.Module):
     """Shared input handling, frozen BN and checkpointing; a subclass implements
-    `snippet_features` ((N, F, 3, H, W) normalised float -> (N, C)) and calls
-    `self.run_block` for each residual block."""
+    `snippet_features` ((N, F, 3, H, W) normalised float -> (N, C)), has its residual
+    blocks in `layer1` .. `layer4` and calls `self.run_block` for each, in order."""
+
+    LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,
@@ -77,6 +81,7 @@ class VideoEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self._policy = "none"
         self._chunk: int | None = None
+        self._segments: frozenset[int] = frozenset()  # positions of the blocks run as checkpoint segments
         # Optional stand-in for the chunk loop under `chunk:K`: snippets (B*TR, F, 3, H, W)
         # -> features (B*TR, C). The planner sets one that traces a few chunks and
         # synthesizes the rest (lofi/plan_workload.py); training never does.
@@ -87,17 +92,43 @@ class VideoEncoder(nn.Module):
 
     @property
     def grad_checkpointing(self) -> str:
-        """The current policy string: 'none', 'block' or 'chunk:K'."""
+        """The current policy string: 'none', 'blocks:N', 'block' or 'chunk:K'."""
         return self._policy
 
     def set_grad_checkpointing(self, policy: str = "block") -> None:
         parsed = parse_policy(policy)
+        count = len(self.block_names())
+        if parsed.kind == "blocks" and parsed.size > count:  # type: ignore[operator]
+            raise OptionError(f"checkpointing policy {policy}: {self.name} has {count} residual blocks, "
+                              f"so N must be 1 to {count}, got {parsed.size}")
+        if parsed.kind == "blocks":
+            from lofi.models.block_order import checkpoint_order
+
+            segments = frozenset(checkpoint_order(self.name)[: parsed.size])
+        else:
+            segments = frozenset(range(count)) if parsed.kind == "block" else frozenset()
         self._policy = policy
         self._chunk = parsed.size if parsed.kind == "chunk" else None
+        self._segments = segments
 
-    def run_block(self, block: nn.Module, x: Tensor, *args: object) -> Tensor:
-        """One residual block, a checkpoint segment of its own under policy 'block'."""
-        if self._policy == "block":
+    def block_names(self) -> tuple[str, ...]:
+        """Every residual block's module name ('layer1.0', ...), in forward order."""
+        return tuple(f"{layer}.{i}" for layer in self.LAYERS for i in range(len(getattr(self, layer))))
+
+    @property
+    def checkpointed_blocks(self) -> tuple[str, ...]:
+        """The names of the blocks run as checkpoint segments, in forward order."""
+        names = self.block_names()
+        return tuple(names[i] for i in sorted(self._segments))
+
+    def residual_blocks(self) -> list[nn.Module]:
+        """The residual blocks in forward order (`block_names` names them)."""
+        return [block for layer in self.LAYERS for block in getattr(self, layer)]
+
+    def run_block(self, index: int, block: nn.Module, x: Tensor, *args: object) -> Tensor:
+        """Residual block number `index` (forward order), a checkpoint segment of its own
+        when the policy checkpoints it ('block': all; 'blocks:N': N of them)."""
+        if index in self._segments:
             return run_segment(block, block, x, *args)
         return block(x, *args)
 
@@ -184,9 +215,8 @@ class TSMResNet(VideoEncoder):
         n, f = snippets.shape[:2]
         x = snippets.flatten(0, 1)  # (N*F, 3, H, W), frames of a snippet adjacent
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # stem, never checkpointed
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = self.run_block(block, x, f)
+        for index, block in enumerate(self.residual_blocks()):
+            x = self.run_block(index, block, x, f)
         x = x.mean(dim=(2, 3))  # (N*F, C) global average pool
         return x.view(n, f, self.out_channels).mean(dim=1)  # (N, C) mean over frames
 
@@ -204,9 +234,8 @@ class R2Plus1D(VideoEncoder):
 
     def snippet_features(self, snippets: Tensor) -> Tensor:
         x = self.stem(snippets.transpose(1, 2))  # (N, 3, F, H, W) -> (N, 64, F, H/2, W/2)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = self.run_block(block, x)
+        for index, block in enumerate(self.residual_blocks()):
+            x = self.run_block(index, block, x)
         return x.mean(dim=(2, 3, 4))  # (N, 512)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lofi.models.block_order import checkpoint_order
 from lofi.models.encoder_checkpointing import run_segment
 from lofi.models.encoders import VideoEncoder
 from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
@@ -89,6 +90,10 @@ class LofiWorkload:
         if model.encoder._chunk is not None:
             model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)
         return model
+
+    def block_count(self, spec: ModelSpec) -> int:
+        """Residual blocks of the encoder: the most `blocks:N` can checkpoint."""
+        return len(checkpoint_order(spec.backbone))
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         name, momentum = PLAN_OPTIMIZERS[step.optimizer]

@@ -14,6 +14,8 @@ from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
 from planner.plan_file import Plan, plan_from_ranking
 from planner.quality import load_evidence
+from planner.search import search_blocks
+from planner.trace_cache import TraceCache
 from planner.workload import Workload
 
 
@@ -38,11 +40,42 @@ def estimate_and_rank(
 ) -> tuple[list[CandidateEstimate], Ranking]:
     """Estimate the grid of `request` on its target and rank the candidates."""
     candidates = build_grid(request.spec, request.profile)
-    estimates = estimate_grid(candidates, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
-                              progress=progress, margin=request.margin)
+    estimates = estimate_searched(candidates, request, workload, progress=progress)
     ranking = rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
                               oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
     return estimates, ranking
+
+
+def estimate_searched(
+    candidates: Sequence[Candidate],
+    request: PlanRequest,
+    workload: Workload,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cache: TraceCache | None = None,
+    workers: int | None = None,
+) -> list[CandidateEstimate]:
+    """Estimates of `candidates`, then (unless `request.spec.search_blocks` is off) of
+    the `blocks:N` candidates the search estimated (`planner.search`)."""
+    done = 0
+
+    def estimate(batch: list[Candidate]) -> list[CandidateEstimate]:
+        nonlocal done
+        offset = done
+
+        def advance(finished: int, total: int) -> None:
+            if progress is not None:
+                progress(offset + finished, offset + total)
+
+        found = estimate_grid(batch, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
+                              progress=advance, margin=request.margin, cache=cache, workers=workers)
+        done = offset + len(batch)
+        return found
+
+    estimates = estimate(list(candidates))
+    if request.spec.search_blocks:
+        estimates += search_blocks(estimates, workload, usable_bytes(request.profile, request.margin), estimate)
+    return estimates
 
 
 def plan_from_request(request: PlanRequest, ranking: Ranking, measured=None) -> Plan:

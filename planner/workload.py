@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -123,6 +124,11 @@ class Workload(Protocol):
         """Forward and loss: a scalar tensor. Runs under autocast for fp16/bf16."""
         ...
 
+    # Optional: `block_count(spec) -> int`, the number of blocks `blocks:N` can
+    # checkpoint in the model of `spec`. A workload that has it gets the search over N
+    # (`planner.search`); `blocks:N` must then checkpoint the N blocks first in
+    # `planner.block_costs.checkpoint_order` of its model.
+
 
 def sgd_or_adam(model: nn.Module, step: StepSpec, *, lr: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
     """The optimizers of `planner.candidate.OPTIMIZERS` with the implementation PyTorch
@@ -156,18 +162,34 @@ class _Chunked(nn.Module):
 
 
 class _Blocks(nn.Module):
-    """Runs `blocks` in order, each one checkpoint segment (the reference `block`)."""
+    """Runs `blocks` in order, those at positions in `segments` as one checkpoint
+    segment each (the reference `block` and `blocks:N`)."""
 
-    def __init__(self, blocks: list[nn.Module]) -> None:
+    def __init__(self, blocks: list[nn.Module], segments: frozenset[int]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.segments = segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+        for index, block in enumerate(self.blocks):
+            x = checkpoint(block, x, use_reentrant=False) if index in self.segments else block(x)
         return x
+
+
+@lru_cache(maxsize=None)
+def _torchvision_order(backbone: str, classes: int) -> tuple[int, ...]:
+    import torchvision
+
+    from planner import block_costs
+
+    with torch.device("meta"):
+        net = getattr(torchvision.models, backbone)(num_classes=classes).train()
+    blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+    image = torch.empty(1, 3, 224, 224, device="meta")  # (B, 3, H, W)
+    return block_costs.checkpoint_order(block_costs.measure(lambda: net(image), blocks,
+                                                            [*net.parameters(), *net.buffers()]))
 
 
 @dataclass(frozen=True)
@@ -191,9 +213,23 @@ class TorchvisionWorkload:
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         tail = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
+        blocks = [b for layer in layers for b in layer]
         if policy.kind == "block":
-            return nn.Sequential(stem, _Blocks([b for layer in layers for b in layer]), tail).train()
+            return nn.Sequential(stem, _Blocks(blocks, frozenset(range(len(blocks)))), tail).train()
+        if policy.kind == "blocks":
+            if policy.size > len(blocks):  # type: ignore[operator]
+                raise ValueError(f"{spec.backbone} has {len(blocks)} blocks; blocks:N needs N <= {len(blocks)}")
+            segments = frozenset(self.checkpoint_order(spec.backbone)[: policy.size])
+            return nn.Sequential(stem, _Blocks(blocks, segments), tail).train()
         return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), policy.size), tail).train()  # type: ignore[arg-type]
+
+    def block_count(self, spec: ModelSpec) -> int:
+        return len(self.checkpoint_order(spec.backbone))
+
+    def checkpoint_order(self, backbone: str) -> tuple[int, ...]:
+        """The residual blocks of `backbone`, most saved bytes per recomputed FLOP first
+        (measured on a 224 x 224 image; `blocks:N` checkpoints the first N)."""
+        return _torchvision_order(backbone, self.classes)
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)

@@ -116,7 +116,7 @@ def test_unknown_encoder_and_bad_policy_are_option_errors():
 
 def test_blocks_checkpoints_the_most_memory_per_flop_first(monkeypatch):
     from lofi.models import encoders
-    from lofi.models.block_order import block_costs, checkpoint_order
+    from lofi.models.block_order import checkpoint_order, costs as block_costs
 
     costs = block_costs("tsm_r50")
     assert len(costs) == 16 and all(c.saved_bytes > 0 and c.flops > 0 for c in costs)

@@ -1,0 +1,92 @@
+"""planner.search: the smallest fitting blocks:N, checked against every N estimated, on
+the torchvision reference workload (ResNet-50: 16 blocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from planner.candidate import Candidate
+from planner.choose import rank_candidates, usable_bytes
+from planner.estimate import estimate_grid
+from planner.fidelity import Fidelity
+from planner.hardware import GpuProfile
+from planner.search import least_recompute, search_blocks
+from planner.trace_cache import TraceCache
+from planner.workload import TorchvisionWorkload
+
+GiB = 1 << 30
+BIG = GpuProfile(name="test-v100", display_name="test V100", memory_bytes=32 * GiB, fp32_tflops=15.7,
+                 fp16_tflops=125.0, bf16_tflops=None, bandwidth_gbps=900.0, source="test")
+
+
+def _candidate(policy: str, batch: int = 32) -> Candidate:
+    return Candidate(backbone="resnet50", head="none", batch_per_gpu=batch, fidelity=Fidelity(1, 224),
+                     checkpointing=policy)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """A profile whose usable memory falls between `none` and `block` for ResNet-50 at
+    batch 32, 224 x 224, and every policy estimated on it (brute force)."""
+    workload, cache = TorchvisionWorkload(), TraceCache.in_memory()
+    count = len(workload.checkpoint_order("resnet50"))
+    policies = ["none", *(f"blocks:{n}" for n in range(1, count + 1)), "block"]
+
+    def everything(profile):
+        found = estimate_grid([_candidate(p) for p in policies], workload, profile, cache=cache, workers=1)
+        return {e.candidate.checkpointing: e for e in found}
+
+    roomy = everything(BIG)
+    between = (roomy["blocks:3"].memory.total + roomy["blocks:4"].memory.total) // 2
+    profile = dataclasses.replace(BIG, memory_bytes=math.ceil(between / 0.9))
+    return workload, cache, profile, everything(profile), count
+
+
+def test_memory_does_not_grow_with_n(setting):
+    _, _, _, brute, count = setting
+    totals = [brute[f"blocks:{n}"].memory.total for n in range(1, count + 1)]
+    assert all(later <= earlier for earlier, later in zip(totals, totals[1:]))
+    assert brute["none"].memory.total > totals[0] or brute["none"].memory.total == totals[0]
+    assert brute[f"blocks:{count}"].memory.total == brute["block"].memory.total  # every block: block
+    seconds = [brute[f"blocks:{n}"].time.seconds_per_step for n in range(1, count + 1)]
+    assert seconds == sorted(seconds) and seconds[0] > brute["none"].time.seconds_per_step
+
+
+def test_search_finds_the_smallest_fitting_n(setting):
+    workload, cache, profile, brute, count = setting
+    usable = usable_bytes(profile)
+    smallest = min(n for n in range(1, count + 1) if brute[f"blocks:{n}"].memory.total <= usable)
+    assert 1 < smallest < count and brute["none"].memory.total > usable  # the case is interior
+    asked: list[list[str]] = []
+
+    def estimate(candidates):
+        asked.append([c.checkpointing for c in candidates])
+        return estimate_grid(candidates, workload, profile, cache=cache, workers=1)
+
+    grid = [brute["none"], brute["block"]]
+    found = search_blocks(grid, workload, usable, estimate)
+    assert len(asked) <= math.ceil(math.log2(count)) and all(len(round_) == 1 for round_ in asked)
+    fitting = [e for e in found if e.memory.total <= usable]
+    assert min(e.candidate.policy.size for e in fitting) == smallest
+    assert f"blocks:{smallest - 1}" in {e.candidate.checkpointing for e in found}  # its neighbour was tried
+    best = least_recompute([*grid, *found], usable)
+    assert best[_candidate("none")].candidate.checkpointing == f"blocks:{smallest}"
+    # and the ranking chooses it: the fastest that fits (less recomputation than block)
+    ranking = rank_candidates([*grid, *found], usable, ())
+    assert ranking.chosen is not None and ranking.chosen.candidate.checkpointing == f"blocks:{smallest}"
+    assert len(ranking.ranked) == 2 + len(found)  # every estimated policy is kept
+
+
+def test_no_search_where_none_fits_or_block_does_not(setting):
+    workload, _, _, brute, _ = setting
+    grid = [brute["none"], brute["block"]]
+
+    def refuse(candidates):
+        raise AssertionError(f"nothing to search, asked for {candidates}")
+
+    assert search_blocks(grid, workload, brute["none"].memory.total, refuse) == []  # none fits
+    assert search_blocks(grid, workload, brute["block"].memory.total - 1, refuse) == []  # block does not
+    assert search_blocks(grid, object(), 0, refuse) == []  # a workload without blocks

@@ -26,9 +26,9 @@ from planner.trace_cache import TraceCache
 from planner.workload import step_specs
 
 
-def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path) -> list[float]:
+def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path, search: bool = True) -> list[float]:
     profile = get_profile(gpu)
-    request = PlanRequest(GridSpec(gpus=gpus), profile)
+    request = PlanRequest(GridSpec(gpus=gpus, search_blocks=search), profile)
     candidates = build_grid(request.spec, profile)
     target = "cpu" if profile.kind == "cpu" else "cuda"
     traces = {(s.traced(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
@@ -59,9 +59,11 @@ def main() -> None:
     parser.add_argument("--gpu", default="v100-32gb")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--no-search", dest="search", action="store_false",
+                        help="the grid's fixed policies only (the planner before the blocks:N search)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run(args.gpu, args.gpus, args.workers, Path(tmp))
+        run(args.gpu, args.gpus, args.workers, Path(tmp), args.search)
 
 
 if __name__ == "__main__":

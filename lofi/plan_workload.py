@@ -44,9 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lofi.models.block_order import checkpoint_order
 from lofi.models.encoder_checkpointing import run_segment
-from lofi.models.encoders import VideoEncoder
+from lofi.models.encoders import VideoEncoder, block_costs, checkpoint_order
 from lofi.models.lofi_model import PLAN_BN_MODES, PLAN_OPTIMIZERS, build_lofi_model, build_optimizer
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
@@ -91,9 +90,11 @@ class LofiWorkload:
             model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)
         return model
 
-    def block_count(self, spec: ModelSpec) -> int:
-        """Residual blocks of the encoder: the most `blocks:N` can checkpoint."""
-        return len(checkpoint_order(spec.backbone))
+    def block_savings(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Bytes each residual block of the encoder frees when checkpointed, in the order
+        `blocks:N` takes them (`lofi.models.encoders.checkpoint_order`)."""
+        costs = block_costs(spec.backbone)
+        return tuple(costs[i].saved_bytes for i in checkpoint_order(spec.backbone))
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         name, momentum = PLAN_OPTIMIZERS[step.optimizer]

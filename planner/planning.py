@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from planner.candidate import Candidate
 from planner.choose import Ranking, rank_candidates, require_choice, usable_bytes
-from planner.estimate import estimate_grid
+from planner.estimate import estimate_grid, shared_workers
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
@@ -72,9 +72,10 @@ def estimate_searched(
         done = offset + len(batch)
         return found
 
-    estimates = estimate(list(candidates))
-    if request.spec.search_blocks:
-        estimates += search_blocks(estimates, workload, usable_bytes(request.profile, request.margin), estimate)
+    with shared_workers():
+        estimates = estimate(list(candidates))
+        if request.spec.search_blocks:
+            estimates += search_blocks(estimates, workload, usable_bytes(request.profile, request.margin), estimate)
     return estimates
 
 

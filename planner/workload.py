@@ -124,10 +124,10 @@ class Workload(Protocol):
         """Forward and loss: a scalar tensor. Runs under autocast for fp16/bf16."""
         ...
 
-    # Optional: `block_count(spec) -> int`, the number of blocks `blocks:N` can
-    # checkpoint in the model of `spec`. A workload that has it gets the search over N
-    # (`planner.search`); `blocks:N` must then checkpoint the N blocks first in
-    # `planner.block_costs.checkpoint_order` of its model.
+    # Optional: `block_savings(spec) -> tuple[int, ...]`, the bytes each block of the
+    # model of `spec` frees when checkpointed (`planner.block_costs.BlockCost.saved_bytes`
+    # at a canonical input), in the order `blocks:N` takes them (its length: the most
+    # N can be). A workload that has it gets the search over N (`planner.search`).
 
 
 def sgd_or_adam(model: nn.Module, step: StepSpec, *, lr: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
@@ -179,7 +179,7 @@ class _Blocks(nn.Module):
 
 
 @lru_cache(maxsize=None)
-def _torchvision_order(backbone: str, classes: int) -> tuple[int, ...]:
+def _torchvision_costs(backbone: str, classes: int) -> tuple:
     import torchvision
 
     from planner import block_costs
@@ -188,8 +188,7 @@ def _torchvision_order(backbone: str, classes: int) -> tuple[int, ...]:
         net = getattr(torchvision.models, backbone)(num_classes=classes).train()
     blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
     image = torch.empty(1, 3, 224, 224, device="meta")  # (B, 3, H, W)
-    return block_costs.checkpoint_order(block_costs.measure(lambda: net(image), blocks,
-                                                            [*net.parameters(), *net.buffers()]))
+    return block_costs.measure(lambda: net(image), blocks, [*net.parameters(), *net.buffers()])
 
 
 @dataclass(frozen=True)
@@ -223,13 +222,16 @@ class TorchvisionWorkload:
             return nn.Sequential(stem, _Blocks(blocks, segments), tail).train()
         return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), policy.size), tail).train()  # type: ignore[arg-type]
 
-    def block_count(self, spec: ModelSpec) -> int:
-        return len(self.checkpoint_order(spec.backbone))
+    def block_savings(self, spec: ModelSpec) -> tuple[int, ...]:
+        costs = _torchvision_costs(spec.backbone, self.classes)
+        return tuple(costs[i].saved_bytes for i in self.checkpoint_order(spec.backbone))
 
     def checkpoint_order(self, backbone: str) -> tuple[int, ...]:
         """The residual blocks of `backbone`, most saved bytes per recomputed FLOP first
         (measured on a 224 x 224 image; `blocks:N` checkpoints the first N)."""
-        return _torchvision_order(backbone, self.classes)
+        from planner import block_costs
+
+        return block_costs.checkpoint_order(_torchvision_costs(backbone, self.classes))
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)

@@ -116,7 +116,7 @@ def test_unknown_encoder_and_bad_policy_are_option_errors():
 
 def test_blocks_checkpoints_the_most_memory_per_flop_first(monkeypatch):
     from lofi.models import encoders
-    from lofi.models.block_order import checkpoint_order, costs as block_costs
+    from lofi.models.encoders import block_costs, checkpoint_order
 
     costs = block_costs("tsm_r50")
     assert len(costs) == 16 and all(c.saved_bytes > 0 and c.flops > 0 for c in costs)
@@ -254,11 +254,15 @@ def test_traces_under_fake_tensor_mode(name, policy):
 
 def test_checkpointing_benchmark_rows():
     bench = load_benchmark("checkpointing")
-    size = bench.StepSize(batch=1, tr=2, frames=2, sr=32)
-    rows = bench.measure_policies("tsm_r18", size, ("none", "chunk:1"), repeats=1, warmup=0)
-    assert [row["policy"] for row in rows] == ["none", "chunk:1"]
+    size = bench.StepSize(batch=1, tr=2, frames=4, sr=112)  # large enough for activations to make the peak
+    rows = bench.measure_policies("tsm_r18", size, ("none", "blocks:2", "block", "chunk:1"), repeats=1, warmup=0)
+    assert [row["policy"] for row in rows] == ["none", "blocks:2", "block", "chunk:1"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["cpu_median_s"] > 0
-    assert bench.render_table(rows, threads=1).row_count == 2
+    rows = bench.add_estimates(rows)
+    memory = [row["activation_bytes"] for row in rows]
+    assert rows[0]["memory_ratio"] == 1.0 and memory[0] > memory[1] > memory[2] > 0  # none > blocks:2 > block
+    assert bench.render_table(rows, threads=1).row_count == 4
+    assert "frontier none < blocks:2 < block: estimated memory monotone" in bench.frontier(rows)
 
 
 def test_partial_bn_is_tsm_partialbn():

@@ -15,7 +15,7 @@ from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 from planner.search import least_recompute, search_blocks
 from planner.trace_cache import TraceCache
-from planner.workload import TorchvisionWorkload
+from planner.workload import ModelSpec, TorchvisionWorkload
 
 GiB = 1 << 30
 BIG = GpuProfile(name="test-v100", display_name="test V100", memory_bytes=32 * GiB, fp32_tflops=15.7,
@@ -33,6 +33,7 @@ def setting():
     batch 32, 224 x 224, and every policy estimated on it (brute force)."""
     workload, cache = TorchvisionWorkload(), TraceCache.in_memory()
     count = len(workload.checkpoint_order("resnet50"))
+    assert len(workload.block_savings(ModelSpec("resnet50", "none", Fidelity(1, 224)))) == count
     policies = ["none", *(f"blocks:{n}" for n in range(1, count + 1)), "block"]
 
     def everything(profile):
@@ -69,6 +70,7 @@ def test_search_finds_the_smallest_fitting_n(setting):
     grid = [brute["none"], brute["block"]]
     found = search_blocks(grid, workload, usable, estimate)
     assert len(asked) <= math.ceil(math.log2(count)) and all(len(round_) == 1 for round_ in asked)
+    assert len(found) == len(asked)  # one probe per round
     fitting = [e for e in found if e.memory.total <= usable]
     assert min(e.candidate.policy.size for e in fitting) == smallest
     assert f"blocks:{smallest - 1}" in {e.candidate.checkpointing for e in found}  # its neighbour was tried

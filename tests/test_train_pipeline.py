@@ -207,7 +207,7 @@ def test_sigterm_mid_head_epoch_checkpoints_its_position_and_resume_matches(tiny
 def test_lofi_trains_with_the_plans_blocks_policy_and_records_its_blocks(tiny_data, tmp_path):
     """A plan that chose blocks:3: the trainer's encoder checkpoints the blocks that the
     planner's workload traced for that candidate, and the run folder records them."""
-    from lofi.models.block_order import checkpoint_order
+    from lofi.models.encoders import checkpoint_order
     from lofi.plan_workload import lofi_workload
     from planner.plan_file import load_plan
     from planner.workload import step_specs

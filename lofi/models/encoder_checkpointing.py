@@ -5,7 +5,7 @@ Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpoint
 
     none      keep every activation for backward
     blocks:N  N residual blocks are segments of their own: the N that save the most
-              activation memory per recomputed FLOP (`lofi.models.block_order`), so
+              activation memory per recomputed FLOP (`lofi.models.encoders.checkpoint_order`), so
               the planner can checkpoint just enough to fit
     block     every residual block is one segment (timm `set_grad_checkpointing`)
     chunk:K   the encoder runs K snippets at a time; each chunk, normalisation included,

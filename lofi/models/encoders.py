@@ -22,7 +22,7 @@ Every encoder here shares:
   trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
   `blocks:N`, `block`, `chunk:K` (see `encoder_checkpointing`; `blocks:N` checkpoints
-  the N residual blocks of `lofi.models.block_order.checkpoint_order`, named by
+  the first N residual blocks of `checkpoint_order` below, named by
   `checkpointed_blocks`). With frozen BN all of them give the
   same outputs, gradients and (unchanged) running statistics. With BN in train mode,
   `block` and `blocks:N` are still equivalent (recomputation never updates running statistics twice);
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,8 @@ from torchvision.models.video import r2plus1d_18
 from lofi.errors import OptionError
 from lofi.models.encoder_checkpointing import parse_policy, run_segment
 from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
+from planner.block_costs import BlockCost, measure as measure_blocks
+from planner.block_costs import checkpoint_order as order_blocks
 
 # ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
 BN_MODES = ("train", "frozen", "partial")
@@ -102,8 +105,6 @@ class VideoEncoder(nn.Module):
             raise OptionError(f"checkpointing policy {policy}: {self.name} has {count} residual blocks, "
                               f"so N must be 1 to {count}, got {parsed.size}")
         if parsed.kind == "blocks":
-            from lofi.models.block_order import checkpoint_order
-
             segments = frozenset(checkpoint_order(self.name)[: parsed.size])
         else:
             segments = frozenset(range(count)) if parsed.kind == "block" else frozenset()
@@ -245,6 +246,34 @@ ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
     "tsm_r50": lambda freeze_bn: TSMResNet("tsm_r50", ShiftBottleneck, (3, 4, 6, 3), freeze_bn=freeze_bn),
     "r2plus1d_18": lambda freeze_bn: R2Plus1D("r2plus1d_18", freeze_bn=freeze_bn),
 }
+
+
+# Which residual blocks `blocks:N` checkpoints: the N that save the most activation
+# memory per recomputed FLOP, measured by `planner.block_costs` on one forward of the
+# encoder on the meta device at a canonical input (one snippet of 8 frames at 224 x 224,
+# float32, BatchNorm frozen). The order is a function of the architecture alone, so
+# `lofi train` and the planner's trace (both set the policy through
+# `set_grad_checkpointing`) checkpoint the same blocks at every fidelity. Within a
+# ResNet stage, saved bytes and FLOPs both scale with frames x height x width, so the
+# order would not change with the input size except through rounding. Measured, it is
+# the forward order for every encoder here (earlier stages have fewer channels: more
+# bytes per FLOP); ties (blocks of the same shape) go to the earlier block.
+ORDER_FRAMES, ORDER_SIDE = 8, 224
+
+
+@lru_cache(maxsize=None)
+def block_costs(name: str) -> tuple[BlockCost, ...]:
+    """The cost of checkpointing each residual block of encoder `name` (ENCODERS key)."""
+    encoder = build_encoder(name, device="meta")
+    snippets = torch.empty(1, ORDER_FRAMES, 3, ORDER_SIDE, ORDER_SIDE, device="meta")  # (N, F, 3, H, W)
+    return measure_blocks(lambda: encoder.snippet_features(snippets), encoder.residual_blocks(),
+                          [*encoder.parameters(), *encoder.buffers()])
+
+
+@lru_cache(maxsize=None)
+def checkpoint_order(name: str) -> tuple[int, ...]:
+    """Block positions of encoder `name`; `blocks:N` checkpoints the first N."""
+    return order_blocks(block_costs(name))
 
 
 def build_encoder(

@@ -230,7 +230,7 @@ def main(backbone, batch, tr, frames, sr, policies, repeats, warmup, threads, me
     rows = measure_policies(backbone, size, tuple(p.strip() for p in policies.split(",")), repeats=repeats, warmup=warmup)
     if memory:
         rows = add_estimates(rows)
-    console = Console()
+    console = Console(width=160)  # the whole table also when the output is a file
     console.print(render_table(rows, threads=torch.get_num_threads()))
     console.print(frontier(rows))
     console.print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -102,26 +102,5 @@ def _predict(savings: Sequence[int], share: float) -> int:
     return len(savings)
 
 
-def least_recompute(estimates: Sequence[CandidateEstimate], usable: int) -> dict[Candidate, CandidateEstimate]:
-    """For each group (the candidate with policy `none` as key), the fitting estimate
-    with the least recomputation: `none`, the smallest `blocks:N`, `block`, the largest
-    `chunk:K` (policy kind, then N ascending or K descending). Groups where nothing fits
-    are left out."""
-    best: dict[Candidate, CandidateEstimate] = {}
-    for e in estimates:
-        if not _fits(e, usable):
-            continue
-        key = replace(e.candidate, checkpointing="none")
-        if key not in best or _recompute_key(e.candidate) < _recompute_key(best[key].candidate):
-            best[key] = e
-    return best
-
-
-def _recompute_key(candidate: Candidate) -> tuple[int, int]:
-    policy = candidate.policy
-    size = policy.size or 0
-    return policy.recomputation, -size if policy.kind == "chunk" else size
-
-
 def _fits(estimate: CandidateEstimate, usable: int) -> bool:
     return estimate.memory.total <= usable

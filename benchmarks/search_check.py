@@ -11,6 +11,12 @@ search made strictly faster, the median time ratio there, any group where it is 
 (the check fails), and the plan's chosen candidate against the best fixed policy of
 its fidelity, backbone and batch. Exit status 1 when the check fails. Traces come from
 the trace cache ($LOFI_CACHE), so a second target costs replays only.
+
+    python benchmarks/search_check.py --targets v100-32gb:1 --batchnorm partial --brute
+
+`--brute` also estimates every N for the chosen candidate's group and prints each
+policy's memory and time, whether memory falls with N, and whether the search's N is
+the smallest that fits. `--batchnorm partial` plans as `lofi plan` does by default.
 """
 
 from __future__ import annotations
@@ -23,16 +29,18 @@ from dataclasses import replace
 
 from lofi.plan_workload import lofi_workload
 from planner.choose import describe
+from planner.estimate import estimate_grid
 from planner.grid import GridSpec
 from planner.planning import PlanRequest, estimate_and_rank
 from planner.profiles import get_profile
+from planner.workload import step_specs
 
 FIXED = ("none", "block", "chunk")
 
 
-def check(gpu: str, gpus: int) -> bool:
+def check(gpu: str, gpus: int, batchnorm: str = "frozen", brute: bool = False) -> bool:
     profile = get_profile(gpu)
-    request = PlanRequest(GridSpec(gpus=gpus), profile)
+    request = PlanRequest(GridSpec(gpus=gpus, batchnorm=batchnorm), profile)
     start = time.perf_counter()
     estimates, ranking = estimate_and_rank(request, lofi_workload())
     seconds = time.perf_counter() - start
@@ -82,21 +90,42 @@ def check(gpu: str, gpus: int) -> bool:
                                    else "none fits"))
         if reference is not None and epoch(chosen.estimate) > epoch(reference):
             failures.append("the chosen candidate is slower than a fixed policy of its group")
+        if brute and chosen.candidate.policy.kind == "blocks":
+            failures += brute_force(chosen.candidate, profile, usable)
     for failure in failures:
         print(f"  FAIL: {failure}")
     print(f"  check: {'passed' if not failures else 'FAILED'}")
     return not failures
 
 
+def brute_force(chosen, profile, usable: int) -> list[str]:
+    """Every N for the chosen candidate's group: is the chosen N the smallest that fits?"""
+    count = len(lofi_workload().block_savings(step_specs(chosen, "cuda")[0].model))
+    policies = ["none", *(f"blocks:{n}" for n in range(1, count + 1))]
+    found = estimate_grid([replace(chosen, checkpointing=p) for p in policies], lofi_workload(), profile)
+    totals = [e.memory.total for e in found]
+    for e in found:
+        print(f"    {e.candidate.checkpointing:>9}: {e.memory.total / 2**30:6.2f} GiB, "
+              f"{e.time.seconds_per_epoch / 3600:.3f} h{'  fits' if e.memory.total <= usable else ''}")
+    rises = [(policies[i + 1], (b - a) / 2**30) for i, (a, b) in enumerate(zip(totals, totals[1:])) if b > a]
+    print("    memory falls with N" if not rises else
+          "    memory rises at " + ", ".join(f"{p} (+{gib:.3f} GiB)" for p, gib in rises) + " over the N before")
+    smallest = next(p for p, e in zip(policies, found) if e.memory.total <= usable)
+    print(f"    smallest fitting: {smallest}; the search chose {chosen.checkpointing}")
+    return [] if smallest == chosen.checkpointing else [f"brute force: {smallest} fits, the search chose {chosen.checkpointing}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="v100-32gb:1,v100-32gb:4,a100-40gb:1",
                         help="GPU profile:GPUs per node, comma separated")
+    parser.add_argument("--batchnorm", default="frozen", choices=("frozen", "trained", "partial"))
+    parser.add_argument("--brute", action="store_true", help="estimate every N for the chosen group")
     args = parser.parse_args()
     results = []
     for target in args.targets.split(","):
         gpu, _, gpus = target.partition(":")
-        results.append(check(gpu, int(gpus or 1)))
+        results.append(check(gpu, int(gpus or 1), args.batchnorm, args.brute))
     sys.exit(0 if all(results) else 1)
 
 

@@ -241,15 +241,20 @@ def shared_workers() -> Iterator[None]:
 
 @contextmanager
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` spawned processes: the shared one inside `shared_workers`,
+    else one for this call."""
     if not _SHARING:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
+        with _spawn_pool(workers) as pool:
             yield pool
         return
     if workers not in _SHARED:
-        _SHARED[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=_worker_init)
+        _SHARED[workers] = _spawn_pool(workers)
     yield _SHARED[workers]
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
 
 
 def _group_in_worker(job, workload, root, profile, overheads, kind, usable):

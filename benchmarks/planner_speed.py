@@ -1,5 +1,6 @@
 """How long the planner takes to estimate the whole default candidate grid for one target,
-cold (empty trace cache: everything traced) and warm (traces on disk, a new process state).
+cold (empty trace cache: everything traced) and warm (traces on disk, a new process state),
+the search for the smallest fitting blocks:N included (planner/search.py).
 
     python benchmarks/planner_speed.py [--gpu v100-32gb] [--gpus 1] [--workers N]
 
@@ -17,25 +18,30 @@ import time
 from pathlib import Path
 
 from lofi.plan_workload import lofi_workload
-from planner.estimate import TRACE_BATCHES, estimate_grid
+from planner.estimate import TRACE_BATCHES
 from planner.grid import GridSpec, build_grid
+from planner.planning import PlanRequest, estimate_searched
 from planner.profiles import get_profile
 from planner.trace_cache import TraceCache
 from planner.workload import step_specs
 
 
-def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path) -> list[float]:
+def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path, search: bool = True) -> list[float]:
     profile = get_profile(gpu)
-    candidates = build_grid(GridSpec(gpus=gpus), profile)
+    request = PlanRequest(GridSpec(gpus=gpus, search_blocks=search), profile)
+    candidates = build_grid(request.spec, profile)
     target = "cpu" if profile.kind == "cpu" else "cuda"
     traces = {(s.traced(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
     print(f"{gpu} x {gpus}: {len(candidates)} candidates, {len(traces)} traces at batch sizes {TRACE_BATCHES}")
     times = []
     for label in ("cold", "warm"):
         start, cpu = time.perf_counter(), _cpu_seconds()
-        estimates = estimate_grid(candidates, lofi_workload(), profile, cache=TraceCache(cache_dir), workers=workers)
+        estimates = estimate_searched(candidates, request, lofi_workload(), cache=TraceCache(cache_dir), workers=workers)
         times.append(time.perf_counter() - start)
         fits = sum(e.memory.total <= profile.memory_bytes for e in estimates)
+        searched = len(estimates) - len(candidates)
+        specs = {(e.candidate.fidelity, e.candidate.backbone, e.candidate.checkpointing) for e in estimates[len(candidates):]}
+        print(f"  search: {searched} blocks:N candidates estimated ({len(specs)} new model specs)")
         print(f"  {label}: {times[-1]:.1f} s wall, {_cpu_seconds() - cpu:.1f} s CPU in this process and its workers "
               f"({fits} of {len(estimates)} within {profile.memory_bytes / 2**30:.0f} GiB); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -53,9 +59,11 @@ def main() -> None:
     parser.add_argument("--gpu", default="v100-32gb")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--no-search", dest="search", action="store_false",
+                        help="the grid's fixed policies only (the planner before the blocks:N search)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run(args.gpu, args.gpus, args.workers, Path(tmp))
+        run(args.gpu, args.gpus, args.workers, Path(tmp), args.search)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import saved_tensors_hooks
 
 from lofi.models.encoder_checkpointing import run_segment
-from lofi.models.encoders import VideoEncoder
+from lofi.models.encoders import VideoEncoder, block_costs, checkpoint_order
 from lofi.models.lofi_model import PLAN_BN_MODES, build_lofi_model
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
@@ -97,6 +97,12 @@ class LofiWorkload:
             model.encoder.chunk_runner = _ChunkTraceRunner(model.encoder)
         model.encoder.offload_context = _TracedOffload
         return model
+
+    def block_savings(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Bytes each residual block of the encoder frees when checkpointed, in the order
+        `blocks:N` takes them (`lofi.models.encoders.checkpoint_order`)."""
+        costs = block_costs(spec.backbone)
+        return tuple(costs[i].saved_bytes for i in checkpoint_order(spec.backbone))
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)  # the builder the trainer uses too (lofi.train.loop)

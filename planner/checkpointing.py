@@ -4,6 +4,9 @@ The policy travels as text (`Candidate.checkpointing`, plan.json, the trace cach
 code that needs its parts parses it here. Policies:
 
     none      keep every activation for backward
+    blocks:N  N of the model's residual blocks are checkpoint segments: the N that save
+              the most activation memory per recomputed FLOP (the model decides which;
+              `blocks:<number of blocks>` is `block`)
     block     every residual block is one checkpoint segment
     chunk:K   the model runs K samples (snippets) at a time, each chunk one segment
     offload   nothing is recomputed: what each encoder block saves for backward is
@@ -34,9 +37,10 @@ class PolicyKind:
 
 KINDS: dict[str, PolicyKind] = {kind.name: kind for kind in (
     PolicyKind("none", None, 0),
-    PolicyKind("block", None, 1),
-    PolicyKind("chunk", "K", 2),
-    PolicyKind("offload", None, 3),  # no recomputation, but host transfers: last among equals
+    PolicyKind("blocks", "N", 1),
+    PolicyKind("block", None, 2),
+    PolicyKind("chunk", "K", 3),
+    PolicyKind("offload", None, 4),  # no recomputation, but host transfers: last among equals
 )}
 HEAD_SUFFIX = "+head"
 
@@ -44,12 +48,12 @@ HEAD_SUFFIX = "+head"
 @dataclass(frozen=True)
 class Checkpointing:
     kind: str  # a name in KINDS
-    size: int | None = None  # the kind's number (the K of chunk:K: samples per chunk), else None
+    size: int | None = None  # the kind's number (K of chunk:K: samples per chunk; N of blocks:N), else None
     head: bool = False  # `+head`: the head's sampled map is recomputed too, in segments over durations
 
     @property
     def label(self) -> str:
-        """The policy as written in plan.json: 'none', 'block', 'chunk:4', 'block+head'."""
+        """The policy as written in plan.json: 'none', 'blocks:3', 'block', 'chunk:4', 'block+head'."""
         text = self.kind if self.size is None else f"{self.kind}:{self.size}"
         return text + HEAD_SUFFIX if self.head else text
 
@@ -69,7 +73,7 @@ class Checkpointing:
 
 
 def syntax() -> str:
-    """'none, block, chunk:K or offload (K >= 1), each optionally +head': every policy as written."""
+    """'none, blocks:N, block, chunk:K or offload (N >= 1, K >= 1), each optionally +head': every policy as written."""
     numbers = [f"{kind.number} >= 1" for kind in KINDS.values() if kind.number]
     text = _or_list([kind.syntax for kind in KINDS.values()])
     text = f"{text} ({', '.join(numbers)})" if numbers else text
@@ -77,7 +81,7 @@ def syntax() -> str:
 
 
 def enabled_syntax() -> str:
-    """'block, chunk:K or offload': the policies that keep fewer activations, as written."""
+    """'blocks:N, block, chunk:K or offload': the policies that keep fewer activations, as written."""
     return _or_list([kind.syntax for kind in KINDS.values() if kind.name != "none"])
 
 
@@ -87,8 +91,9 @@ def _or_list(names: list[str]) -> str:
 
 
 def parse(text: str) -> Checkpointing:
-    """'none' | 'block' | 'chunk:K' | 'offload', each optionally '+head' -> Checkpointing.
-    Raises ValueError on anything else."""
+    """'none' | 'blocks:N' | 'block' | 'chunk:K' | 'offload', each optionally '+head' ->
+    Checkpointing. Raises ValueError on anything else (an N above a model's number of
+    blocks is the model's to refuse)."""
     if isinstance(text, str):
         head = text.endswith(HEAD_SUFFIX)
         parsed = _parse_kind(text[: -len(HEAD_SUFFIX)] if head else text)

@@ -30,9 +30,10 @@ import multiprocessing
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -211,10 +212,9 @@ def _run_groups(jobs, workload, cache, profile, overheads, kind, workers, usable
         for job in jobs:
             yield estimate_group(job, store, profile, overheads, kind, usable)
         return
-    context = multiprocessing.get_context("spawn")
     finished: set[int] = set()
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        with _pool(workers) as pool:
             futures = {pool.submit(_group_in_worker, job, workload, cache.root, profile, overheads, kind, usable): n
                        for n, job in enumerate(jobs)}
             for future in as_completed(futures):
@@ -222,10 +222,52 @@ def _run_groups(jobs, workload, cache, profile, overheads, kind, workers, usable
                 finished.add(futures[future])
                 yield result
     except BrokenProcessPool:  # a worker died (killed, out of memory): finish here
+        _SHARED.pop(workers, None)
         store = TraceStore(workload, cache)
         for n, job in enumerate(jobs):
             if n not in finished:
                 yield estimate_group(job, store, profile, overheads, kind, usable)
+
+
+_SHARED: dict[int, ProcessPoolExecutor] = {}  # worker pools kept by `shared_workers`, by size
+_SHARING = False
+
+
+@contextmanager
+def shared_workers() -> Iterator[None]:
+    """Inside the block, every `estimate_grid` call with worker processes uses one pool
+    of each size (started by the first such call, shut down at the end), instead of
+    starting its own: a search that estimates in rounds (planner.search) pays for
+    spawning workers (importing torch, building models) once."""
+    global _SHARING
+    if _SHARING:
+        yield
+        return
+    _SHARING = True
+    try:
+        yield
+    finally:
+        _SHARING = False
+        while _SHARED:
+            _SHARED.popitem()[1].shutdown()
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` spawned processes: the shared one inside `shared_workers`,
+    else one for this call."""
+    if not _SHARING:
+        with _spawn_pool(workers) as pool:
+            yield pool
+        return
+    if workers not in _SHARED:
+        _SHARED[workers] = _spawn_pool(workers)
+    yield _SHARED[workers]
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
 
 
 def _group_in_worker(job, workload, root, profile, overheads, kind, usable):

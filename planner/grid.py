@@ -2,7 +2,8 @@
 
 Default (planner issue, "Candidates"): the paper's fidelities (full 100/224, S 100/112,
 T 25/224, ST 50/158, low budget 25/112, and the C-LoFi cycle S -> T -> ST) x tsm_r18/r34/
-r50 x batch per GPU {1, 2, 4, 8, 16} x precision x checkpointing, at the paper's global
+r50 x batch per GPU {1, 2, 4, 8, 16} x precision x checkpointing (none, block, chunk:4; the
+planner adds the `blocks:N` its search estimates, planner/search.py), at the paper's global
 batch of 16 (PAPER.md, "LoFi optimisation") reached by gradient accumulation.
 """
 
@@ -46,6 +47,7 @@ class GridSpec:
     optimizer: str = "sgd"
     expandable_segments: tuple[bool, ...] = (False,)  # allocator settings to try (True: expandable segments)
     batchnorm: str = "frozen"  # planner.candidate.BATCHNORM: what the trainer will do with BatchNorm
+    search_blocks: bool = True  # also search the smallest fitting blocks:N where none does not fit and block does (planner.search)
 
 
 def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tuple[str, ...]:

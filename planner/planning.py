@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 from planner.candidate import Candidate
 from planner.choose import Ranking, rank_candidates, require_choice, usable_bytes
-from planner.estimate import estimate_grid
+from planner.estimate import estimate_grid, shared_workers
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
 from planner.measure import measure_candidates
 from planner.plan_file import Measurement, Plan, plan_from_ranking
 from planner.quality import load_evidence
+from planner.search import search_blocks
+from planner.trace_cache import TraceCache
 from planner.workload import Workload
 
 MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two that fit
@@ -42,8 +44,7 @@ def estimate_and_rank(
 ) -> tuple[list[CandidateEstimate], Ranking]:
     """Estimate the grid of `request` on its target and rank the candidates."""
     candidates = build_grid(request.spec, request.profile)
-    estimates = estimate_grid(candidates, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
-                              progress=progress, margin=request.margin)
+    estimates = estimate_searched(candidates, request, workload, progress=progress)
     return estimates, rank(request, estimates, oom=oom)
 
 
@@ -72,6 +73,39 @@ def measure_and_rerank(
     reranked = rank(request, estimates, oom=[c for c, m in by_candidate.items() if m.oom])
     measured = {r.rank: by_candidate[r.candidate] for r in reranked.ranked if r.candidate in by_candidate}
     return reranked, measured
+
+
+def estimate_searched(
+    candidates: Sequence[Candidate],
+    request: PlanRequest,
+    workload: Workload,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cache: TraceCache | None = None,
+    workers: int | None = None,
+) -> list[CandidateEstimate]:
+    """Estimates of `candidates`, then (unless `request.spec.search_blocks` is off) of
+    the `blocks:N` candidates the search estimated (`planner.search`)."""
+    done = 0
+
+    def estimate(batch: list[Candidate]) -> list[CandidateEstimate]:
+        nonlocal done
+        offset = done
+
+        def advance(finished: int, total: int) -> None:
+            if progress is not None:
+                progress(offset + finished, offset + total)
+
+        found = estimate_grid(batch, workload, request.profile, videos_per_epoch=request.videos_per_epoch,
+                              progress=advance, margin=request.margin, cache=cache, workers=workers)
+        done = offset + len(batch)
+        return found
+
+    with shared_workers():
+        estimates = estimate(list(candidates))
+        if request.spec.search_blocks:
+            estimates += search_blocks(estimates, workload, usable_bytes(request.profile, request.margin), estimate)
+    return estimates
 
 
 def plan_from_request(request: PlanRequest, ranking: Ranking, measured=None) -> Plan:

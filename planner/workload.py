@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -123,6 +124,11 @@ class Workload(Protocol):
         """Forward and loss: a scalar tensor. Runs under autocast for fp16/bf16."""
         ...
 
+    # Optional: `block_savings(spec) -> tuple[int, ...]`, the bytes each block of the
+    # model of `spec` frees when checkpointed (`planner.block_costs.BlockCost.saved_bytes`
+    # at a canonical input), in the order `blocks:N` takes them (its length: the most
+    # N can be). A workload that has it gets the search over N (`planner.search`).
+
 
 # The plan's optimizer names (planner.candidate.OPTIMIZERS) -> (torch optimizer, momentum).
 # PAPER.md, "LoFi optimisation": SGD, momentum 0; sgd_momentum is the common 0.9.
@@ -187,18 +193,33 @@ class _Chunked(nn.Module):
 
 
 class _Blocks(nn.Module):
-    """Runs `blocks` in order, each one checkpoint segment (the reference `block`)."""
+    """Runs `blocks` in order, those at positions in `segments` as one checkpoint
+    segment each (the reference `block` and `blocks:N`)."""
 
-    def __init__(self, blocks: list[nn.Module]) -> None:
+    def __init__(self, blocks: list[nn.Module], segments: frozenset[int]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.segments = segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+        for index, block in enumerate(self.blocks):
+            x = checkpoint(block, x, use_reentrant=False) if index in self.segments else block(x)
         return x
+
+
+@lru_cache(maxsize=None)
+def _torchvision_costs(backbone: str, classes: int) -> tuple:
+    import torchvision
+
+    from planner import block_costs
+
+    with torch.device("meta"):
+        net = getattr(torchvision.models, backbone)(num_classes=classes).train()
+    blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+    image = torch.empty(1, 3, 224, 224, device="meta")  # (B, 3, H, W)
+    return block_costs.measure(lambda: net(image), blocks, [*net.parameters(), *net.buffers()])
 
 
 @dataclass(frozen=True)
@@ -222,9 +243,26 @@ class TorchvisionWorkload:
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         tail = nn.Sequential(net.avgpool, nn.Flatten(1), net.fc)
+        blocks = [b for layer in layers for b in layer]
         if policy.kind == "block":
-            return nn.Sequential(stem, _Blocks([b for layer in layers for b in layer]), tail).train()
+            return nn.Sequential(stem, _Blocks(blocks, frozenset(range(len(blocks)))), tail).train()
+        if policy.kind == "blocks":
+            if policy.size > len(blocks):  # type: ignore[operator]
+                raise ValueError(f"{spec.backbone} has {len(blocks)} blocks; blocks:N needs N <= {len(blocks)}")
+            segments = frozenset(self.checkpoint_order(spec.backbone)[: policy.size])
+            return nn.Sequential(stem, _Blocks(blocks, segments), tail).train()
         return nn.Sequential(_Chunked(nn.Sequential(stem, *layers), policy.size), tail).train()  # type: ignore[arg-type]
+
+    def block_savings(self, spec: ModelSpec) -> tuple[int, ...]:
+        costs = _torchvision_costs(spec.backbone, self.classes)
+        return tuple(costs[i].saved_bytes for i in self.checkpoint_order(spec.backbone))
+
+    def checkpoint_order(self, backbone: str) -> tuple[int, ...]:
+        """The residual blocks of `backbone`, most saved bytes per recomputed FLOP first
+        (measured on a 224 x 224 image; `blocks:N` checkpoints the first N)."""
+        from planner import block_costs
+
+        return block_costs.checkpoint_order(_torchvision_costs(backbone, self.classes))
 
     def make_optimizer(self, model: nn.Module, step: StepSpec) -> torch.optim.Optimizer:
         return sgd_or_adam(model, step)

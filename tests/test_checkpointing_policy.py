@@ -21,6 +21,9 @@ from planner.fidelity import Fidelity
     ("none+head", Checkpointing("none", head=True)),
     ("chunk:4+head", Checkpointing("chunk", 4, head=True)),
     ("offload+head", Checkpointing("offload", head=True)),
+    ("blocks:3", Checkpointing("blocks", 3)),
+    ("blocks:16", Checkpointing("blocks", 16)),
+    ("blocks:2+head", Checkpointing("blocks", 2, head=True)),
 ])
 def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
     assert checkpointing.parse(text) == parsed
@@ -29,17 +32,18 @@ def test_parse_reads_every_kind_and_labels_it_back(text, parsed):
 
 @pytest.mark.parametrize("text", ["", "chunk", "chunk:", "chunk:0", "chunk:-2", "chunk:x", "block:2", "none:",
                                   "Block", "chunks:4", None, 4, "+head", "head", "none+head+head",
-                                  "offload:2", "none+HEAD", "block +head"])
+                                  "offload:2", "none+HEAD", "block +head",
+                                  "blocks", "blocks:", "blocks:0", "blocks:x", "blocks:-1", "blocks:2:3"])
 def test_parse_rejects_anything_else_naming_the_value(text):
-    with pytest.raises(ValueError, match=r"must be none, block, chunk:K or offload \(K >= 1\), each optionally "
-                                         r"\+head, got " + re.escape(repr(text))):
+    with pytest.raises(ValueError, match=r"must be none, blocks:N, block, chunk:K or offload \(N >= 1, K >= 1\), "
+                                         r"each optionally \+head, got " + re.escape(repr(text))):
         checkpointing.parse(text)
 
 
 def test_recomputation_orders_the_kinds():
-    order = sorted(["offload", "chunk:2", "block+head", "none", "none+head", "block"],
+    order = sorted(["offload", "chunk:2", "block+head", "none", "none+head", "block", "blocks:3"],
                    key=lambda text: checkpointing.parse(text).recomputation)
-    assert order == ["none", "none+head", "block", "block+head", "chunk:2", "offload"]
+    assert order == ["none", "none+head", "blocks:3", "block", "block+head", "chunk:2", "offload"]
     assert not checkpointing.parse("none").enabled and checkpointing.parse("chunk:3").enabled
     assert checkpointing.parse("none+head").enabled and checkpointing.parse("offload").enabled
     assert checkpointing.parse("offload+head").offload and not checkpointing.parse("block").offload

@@ -109,12 +109,12 @@ def test_nothing_fits_exits_3_with_the_smallest_requirement_and_levers():
     assert error.smallest is estimates[1]
     message = str(error)
     assert "needs 40.0 GiB" in message and "28.8 GiB" in message
-    for lever in ("(checkpointing block, chunk:K or offload)", "(precisions fp16", "(accumulation on)", "fewer snippets (tr below 25)",
+    for lever in ("(checkpointing blocks:N, block, chunk:K or offload)", "(precisions fp16", "(accumulation on)", "fewer snippets (tr below 25)",
                   "smaller SR (sr below 112)", "more GPUs (gpus)"):
         assert lever in message
     assert "--" not in message  # the planner names fields; the CLI names its options
     options = error.render(lambda field, value: f"<{field}={value}>")
-    assert "Levers: gradient checkpointing (<checkpointing=block, chunk:K or offload>); half precision" in options
+    assert "Levers: gradient checkpointing (<checkpointing=blocks:N, block, chunk:K or offload>); half precision" in options
 
 
 def test_a_time_budget_rejects_slower_candidates_with_the_reason():

@@ -13,7 +13,7 @@ from benchmark_loader import load_benchmark
 from lofi.errors import OptionError
 from lofi.models.encoders import ENCODERS, build_encoder
 
-POLICIES = ("none", "block", "chunk:1", "chunk:2", "offload")
+POLICIES = ("none", "block", "blocks:1", "blocks:5", "chunk:1", "chunk:2", "offload")
 
 
 def _clips(b=1, tr=2, f=2, sr=32, seed=0, dtype=torch.uint8):
@@ -104,6 +104,41 @@ def test_unknown_encoder_and_bad_policy_are_option_errors():
             encoder.set_grad_checkpointing(bad)
     encoder.set_grad_checkpointing("chunk:4")
     assert encoder.grad_checkpointing == "chunk:4"
+    for bad in ("blocks:0", "blocks:x", "blocks:"):
+        with pytest.raises(OptionError, match="blocks:N"):
+            encoder.set_grad_checkpointing(bad)
+    with pytest.raises(OptionError, match=r"blocks:99: tsm_r18 has 8 residual blocks, so N must be 1 to 8, got 99"):
+        encoder.set_grad_checkpointing("blocks:99")
+    assert encoder.grad_checkpointing == "chunk:4"  # a refused policy changes nothing
+    encoder.set_grad_checkpointing("blocks:8")  # every block: the same segments as `block`
+    assert encoder.checkpointed_blocks == encoder.block_names()
+
+
+def test_blocks_checkpoints_the_most_memory_per_flop_first(monkeypatch):
+    from lofi.models import encoders
+    from lofi.models.encoders import block_costs, checkpoint_order
+
+    costs = block_costs("tsm_r50")
+    assert len(costs) == 16 and all(c.saved_bytes > 0 and c.flops > 0 for c in costs)
+    order = checkpoint_order("tsm_r50")
+    ratios = [costs[i].bytes_per_flop for i in order]
+    assert sorted(order) == list(range(16)) and ratios == sorted(ratios, reverse=True)
+    encoder = build_encoder("tsm_r50", device="meta")
+    encoder.set_grad_checkpointing("blocks:5")
+    expected = tuple(encoder.block_names()[i] for i in sorted(order[:5]))
+    assert encoder.checkpointed_blocks == expected
+    names = {block: name for name, block in encoder.named_modules()}
+    segments, run_segment = [], encoders.run_segment
+
+    def spy(fn, scope, *args):
+        segments.append(names[scope])
+        return run_segment(fn, scope, *args)
+
+    monkeypatch.setattr(encoders, "run_segment", spy)
+    encoder(torch.empty(1, 2, 2, 3, 64, 64, dtype=torch.uint8, device="meta"))
+    assert tuple(segments) == expected  # the blocks that ran as segments, in forward order
+    encoder.set_grad_checkpointing("none")
+    assert encoder.checkpointed_blocks == ()
 
 
 def test_frozen_bn_keeps_running_stats_and_trains_affine():
@@ -146,13 +181,15 @@ def test_checkpointing_is_equivalent_with_frozen_bn(tsm_r18_double, policy):
         assert torch.equal(reference[2][name], buffer), name
 
 
-def test_block_checkpointing_updates_unfrozen_bn_once():
+@pytest.mark.parametrize("policy", ["block", "blocks:6"])  # blocks:6 checkpoints layer3.0 (the order: positional for R18)
+def test_block_checkpointing_updates_unfrozen_bn_once(policy):
     torch.manual_seed(0)
     base = build_encoder("tsm_r18", freeze_bn=False, dtype=torch.float64)
     clips = _clips(b=2, tr=2, f=2)
     reference = _train_step(copy.deepcopy(base), clips)
     encoder = copy.deepcopy(base)
-    encoder.set_grad_checkpointing("block")
+    encoder.set_grad_checkpointing(policy)
+    assert "layer3.0" in encoder.checkpointed_blocks
     run = _train_step(encoder, clips)
     _assert_same(run, reference)
     assert run[2]["layer3.0.bn1.num_batches_tracked"].item() == 1
@@ -217,7 +254,7 @@ def test_r2plus1d_checkpointing_is_equivalent():
     clips = _clips(b=1, tr=2, f=2)
     reference = _train_step(copy.deepcopy(base), clips)
     assert reference[0].shape == (1, 512, 2)
-    for policy in ("block", "chunk:1"):
+    for policy in ("block", "blocks:3", "chunk:1"):
         encoder = copy.deepcopy(base)
         encoder.set_grad_checkpointing(policy)
         _assert_same(_train_step(encoder, clips), reference)
@@ -249,11 +286,15 @@ def test_traces_under_fake_tensor_mode(name, policy):
 
 def test_checkpointing_benchmark_rows():
     bench = load_benchmark("checkpointing")
-    size = bench.StepSize(batch=1, tr=2, frames=2, sr=32)
-    rows = bench.measure_policies("tsm_r18", size, ("none", "chunk:1"), repeats=1, warmup=0)
-    assert [row["policy"] for row in rows] == ["none", "chunk:1"]
+    size = bench.StepSize(batch=1, tr=2, frames=4, sr=112)  # large enough for activations to make the peak
+    rows = bench.measure_policies("tsm_r18", size, ("none", "blocks:2", "block", "chunk:1"), repeats=1, warmup=0)
+    assert [row["policy"] for row in rows] == ["none", "blocks:2", "block", "chunk:1"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["cpu_median_s"] > 0
-    assert bench.render_table(rows, threads=1).row_count == 2
+    rows = bench.add_estimates(rows)
+    memory = [row["activation_bytes"] for row in rows]
+    assert rows[0]["memory_ratio"] == 1.0 and memory[0] > memory[1] > memory[2] > 0  # none > blocks:2 > block
+    assert bench.render_table(rows, threads=1).row_count == 4
+    assert "frontier none < blocks:2 < block: estimated memory monotone" in bench.frontier(rows)
 
 
 def test_partial_bn_is_tsm_partialbn():

@@ -95,7 +95,7 @@ def test_plan_nothing_fits_exits_3_with_levers(tmp_path):
     assert result.exit_code == 3
     text = " ".join(result.output.split())
     assert "nothing fits in 14.4 GiB per GPU" in text
-    for lever in ("gradient checkpointing (--checkpointing block, chunk:K or offload)",
+    for lever in ("gradient checkpointing (--checkpointing blocks:N, block, chunk:K or offload)",
                   "half precision (--precision fp16, or bf16 where the GPU has it)",
                   "a smaller batch per GPU with gradient accumulation (drop --no-accumulation)",
                   "fewer snippets (--tr below 100)", "more GPUs (--gpus), which splits the global batch"):

@@ -247,3 +247,24 @@ def test_offload_trains_exactly_the_weights_of_none(tiny_data, tmp_path):
         weights[policy] = load_checkpoint(run.lofi_checkpoints).state["model"]
     for name, value in weights["none"].items():
         assert torch.equal(weights["offload"][name], value), name
+
+
+def test_lofi_trains_with_the_plans_blocks_policy_and_records_its_blocks(tiny_data, tmp_path):
+    """A plan that chose blocks:3: the trainer's encoder checkpoints the blocks that the
+    planner's workload traced for that candidate, and the run folder records them."""
+    from lofi.models.encoders import checkpoint_order
+    from lofi.plan_workload import lofi_workload
+    from planner.plan_file import load_plan
+    from planner.workload import step_specs
+    from train_helpers import tiny_candidate
+
+    candidate = tiny_candidate(checkpointing="blocks:3", batch_per_gpu=1, accumulation=1)
+    run = RunFolder(tmp_path / "blocks")
+    run_pipeline(tiny_config(tiny_data), tiny_plan(candidate), run, setup_distributed(prefer_cuda=False), stages=("lofi",))
+    lofi = json.loads(run.summary.read_text())["stages"]["lofi"]
+    planned = lofi_workload().build_model(step_specs(candidate, "cuda")[0].model, torch.device("meta")).encoder
+    names = planned.block_names()
+    assert lofi["checkpointing"] == "blocks:3" and lofi["steps"] > 0
+    assert tuple(lofi["checkpointed_blocks"]) == planned.checkpointed_blocks
+    assert set(lofi["checkpointed_blocks"]) == {names[i] for i in checkpoint_order("tsm_r18")[:3]}
+    assert load_plan(run.plan).chosen.checkpointing == "blocks:3"

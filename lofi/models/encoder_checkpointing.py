@@ -4,6 +4,9 @@ segment that recomputes without touching BatchNorm running statistics twice.
 Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpointing.parse`):
 
     none      keep every activation for backward
+    blocks:N  N residual blocks are segments of their own: the N that save the most
+              activation memory per recomputed FLOP (`lofi.models.encoders.checkpoint_order`), so
+              the planner can checkpoint just enough to fit
     block     every residual block is one segment (timm `set_grad_checkpointing`)
     chunk:K   the encoder runs K snippets at a time; each chunk, normalisation included,
               is one segment, so backward holds about one chunk's activations at a time
@@ -38,8 +41,8 @@ _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def parse_policy(policy: str) -> Checkpointing:
-    """A policy as written ('block', 'offload+head', ...) -> Checkpointing; anything else
-    is an OptionError."""
+    """A policy as written ('blocks:3', 'offload+head', ...) -> Checkpointing; anything
+    else is an OptionError."""
     if not isinstance(policy, str):
         raise OptionError(f"checkpointing policy must be a string ({checkpointing.syntax()}), got {policy!r}")
     try:

@@ -21,12 +21,14 @@ Every encoder here shares:
   AND its weight and bias have `requires_grad=False`, so optimizers built from
   trainable parameters skip them.
 - gradient checkpointing through `set_grad_checkpointing(policy)`, policies `none`,
-  `block`, `chunk:K`, and activation offload `offload` (see `encoder_checkpointing`;
-  a `+head` suffix is the head's, `lofi.models.lofi_model`, and ignored here).
-  `offload` gives the same outputs and gradients as `none` in every BN mode. With
-  frozen BN the other three give the same outputs, gradients and (unchanged) running
-  statistics. With BN in train mode,
-  `block` is still equivalent (recomputation never updates running statistics twice);
+  `blocks:N`, `block`, `chunk:K`, and activation offload `offload` (see
+  `encoder_checkpointing`; `blocks:N` checkpoints the first N residual blocks of
+  `checkpoint_order` below, named by `checkpointed_blocks`; a `+head` suffix is the
+  head's, `lofi.models.lofi_model`, and ignored here). `offload` gives the same outputs
+  and gradients as `none` in every BN mode. With frozen BN the checkpointing policies
+  give the same outputs, gradients and (unchanged) running statistics. With BN in train
+  mode, `block` and `blocks:N` are still equivalent (recomputation never updates running
+  statistics twice);
   `chunk:K` computes batch statistics over each chunk of K snippets separately ("ghost
   batches": running statistics get one update per chunk), so it is *not* equivalent.
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +51,8 @@ from torchvision.models.video import r2plus1d_18
 from lofi.errors import OptionError
 from lofi.models.encoder_checkpointing import parse_policy, run_segment, save_on_cpu
 from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
+from planner.block_costs import BlockCost, measure as measure_blocks
+from planner.block_costs import checkpoint_order as order_blocks
 
 # ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
 BN_MODES = ("train", "frozen", "partial")
@@ -60,8 +65,10 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 class VideoEncoder(nn.Module):
     """Shared input handling, frozen BN and checkpointing; a subclass implements
-    `snippet_features` ((N, F, 3, H, W) normalised float -> (N, C)) and calls
-    `self.run_block` for each residual block."""
+    `snippet_features` ((N, F, 3, H, W) normalised float -> (N, C)), has its residual
+    blocks in `layer1` .. `layer4` and calls `self.run_block` for each, in order."""
+
+    LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,
@@ -81,6 +88,7 @@ class VideoEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self._policy = "none"
         self._chunk: int | None = None
+        self._segments: frozenset[int] = frozenset()  # positions of the blocks run as checkpoint segments
         # Optional stand-in for the chunk loop under `chunk:K`: snippets (B*TR, F, 3, H, W)
         # -> features (B*TR, C). The planner sets one that traces a few chunks and
         # synthesizes the rest (lofi/plan_workload.py); training never does.
@@ -89,27 +97,49 @@ class VideoEncoder(nn.Module):
         # that records what would go to the host instead of copying (lofi/plan_workload.py).
         self.offload_context: Callable[[], AbstractContextManager] = save_on_cpu
         self._offload = False
-        self._block_segments = False
         self.pretrained_report = None  # a PretrainedReport once build_encoder loaded weights
 
     # -- checkpointing (timm style: a switch that forward reads) ------------------------
 
     @property
     def grad_checkpointing(self) -> str:
-        """The current policy string: 'none', 'block', 'chunk:K', 'offload' (+head)."""
+        """The current policy string: 'none', 'blocks:N', 'block', 'chunk:K', 'offload' (+head)."""
         return self._policy
 
     def set_grad_checkpointing(self, policy: str = "block") -> None:
         parsed = parse_policy(policy)
+        count = len(self.block_names())
+        if parsed.kind == "blocks" and parsed.size > count:  # type: ignore[operator]
+            raise OptionError(f"checkpointing policy {policy}: {self.name} has {count} residual blocks, "
+                              f"so N must be 1 to {count}, got {parsed.size}")
+        if parsed.kind == "blocks":
+            segments = frozenset(checkpoint_order(self.name)[: parsed.size])
+        else:
+            segments = frozenset(range(count)) if parsed.kind == "block" else frozenset()
         self._policy = policy
         self._chunk = parsed.size if parsed.kind == "chunk" else None
         self._offload = parsed.offload
-        self._block_segments = parsed.kind == "block"
+        self._segments = segments
 
-    def run_block(self, block: nn.Module, x: Tensor, *args: object) -> Tensor:
-        """One residual block, a checkpoint segment of its own under policy 'block',
-        its saved tensors offloaded to the host under 'offload'."""
-        if self._block_segments:
+    def block_names(self) -> tuple[str, ...]:
+        """Every residual block's module name ('layer1.0', ...), in forward order."""
+        return tuple(f"{layer}.{i}" for layer in self.LAYERS for i in range(len(getattr(self, layer))))
+
+    @property
+    def checkpointed_blocks(self) -> tuple[str, ...]:
+        """The names of the blocks run as checkpoint segments, in forward order."""
+        names = self.block_names()
+        return tuple(names[i] for i in sorted(self._segments))
+
+    def residual_blocks(self) -> list[nn.Module]:
+        """The residual blocks in forward order (`block_names` names them)."""
+        return [block for layer in self.LAYERS for block in getattr(self, layer)]
+
+    def run_block(self, index: int, block: nn.Module, x: Tensor, *args: object) -> Tensor:
+        """Residual block number `index` (forward order), a checkpoint segment of its own
+        when the policy checkpoints it ('block': all; 'blocks:N': N of them), its saved
+        tensors offloaded to the host under 'offload'."""
+        if index in self._segments:
             return run_segment(block, block, x, *args)
         if self._offload and torch.is_grad_enabled():
             with self.offload_context():
@@ -199,9 +229,8 @@ class TSMResNet(VideoEncoder):
         n, f = snippets.shape[:2]
         x = snippets.flatten(0, 1)  # (N*F, 3, H, W), frames of a snippet adjacent
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # stem, never checkpointed
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = self.run_block(block, x, f)
+        for index, block in enumerate(self.residual_blocks()):
+            x = self.run_block(index, block, x, f)
         x = x.mean(dim=(2, 3))  # (N*F, C) global average pool
         return x.view(n, f, self.out_channels).mean(dim=1)  # (N, C) mean over frames
 
@@ -219,9 +248,8 @@ class R2Plus1D(VideoEncoder):
 
     def snippet_features(self, snippets: Tensor) -> Tensor:
         x = self.stem(snippets.transpose(1, 2))  # (N, 3, F, H, W) -> (N, 64, F, H/2, W/2)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = self.run_block(block, x)
+        for index, block in enumerate(self.residual_blocks()):
+            x = self.run_block(index, block, x)
         return x.mean(dim=(2, 3, 4))  # (N, 512)
 
 
@@ -231,6 +259,34 @@ ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
     "tsm_r50": lambda freeze_bn: TSMResNet("tsm_r50", ShiftBottleneck, (3, 4, 6, 3), freeze_bn=freeze_bn),
     "r2plus1d_18": lambda freeze_bn: R2Plus1D("r2plus1d_18", freeze_bn=freeze_bn),
 }
+
+
+# Which residual blocks `blocks:N` checkpoints: the N that save the most activation
+# memory per recomputed FLOP, measured by `planner.block_costs` on one forward of the
+# encoder on the meta device at a canonical input (one snippet of 8 frames at 224 x 224,
+# float32, BatchNorm frozen). The order is a function of the architecture alone, so
+# `lofi train` and the planner's trace (both set the policy through
+# `set_grad_checkpointing`) checkpoint the same blocks at every fidelity. Within a
+# ResNet stage, saved bytes and FLOPs both scale with frames x height x width, so the
+# order would not change with the input size except through rounding. Measured, it is
+# the forward order for every encoder here (earlier stages have fewer channels: more
+# bytes per FLOP); ties (blocks of the same shape) go to the earlier block.
+ORDER_FRAMES, ORDER_SIDE = 8, 224
+
+
+@lru_cache(maxsize=None)
+def block_costs(name: str) -> tuple[BlockCost, ...]:
+    """The cost of checkpointing each residual block of encoder `name` (ENCODERS key)."""
+    encoder = build_encoder(name, device="meta")
+    snippets = torch.empty(1, ORDER_FRAMES, 3, ORDER_SIDE, ORDER_SIDE, device="meta")  # (N, F, 3, H, W)
+    return measure_blocks(lambda: encoder.snippet_features(snippets), encoder.residual_blocks(),
+                          [*encoder.parameters(), *encoder.buffers()])
+
+
+@lru_cache(maxsize=None)
+def checkpoint_order(name: str) -> tuple[int, ...]:
+    """Block positions of encoder `name`; `blocks:N` checkpoints the first N."""
+    return order_blocks(block_costs(name))
 
 
 def build_encoder(

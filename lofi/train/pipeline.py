@@ -225,6 +225,8 @@ def _lofi_with_fallback(setup: RunSetup, training: Videos, hooks: StageHooks,
         summary.stage("lofi", completed=outcome.completed, steps=outcome.steps, epochs=outcome.epochs_done,
                       seconds=round(outcome.seconds, 2), skipped_videos=outcome.skipped_videos,
                       last_loss=outcome.last_loss, candidate=_describe(candidate), fallbacks=fallbacks,
+                      checkpointing=candidate.checkpointing,
+                      checkpointed_blocks=list(model.encoder.checkpointed_blocks),
                       peak_allocated_bytes=outcome.peak_allocated_bytes,
                       peak_reserved_bytes=outcome.peak_reserved_bytes,
                       planned_reserved_bytes=_planned(plan, candidate))

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from lofi.plan_workload import lofi_workload
 from planner.choose import describe, rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
-from planner.grid import GridSpec, build_grid
+from planner.grid import CHECKPOINTING, GridSpec, build_grid
 from planner.profiles import get_profile
 from planner.quality import load_evidence
 
@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=1)
     args = parser.parse_args()
     profile = get_profile(args.gpu)
-    candidates = build_grid(GridSpec(gpus=args.gpus), profile)
+    # offload on every configuration (lofi plan probes it only where none does not fit)
+    candidates = build_grid(GridSpec(gpus=args.gpus, checkpointing=(*CHECKPOINTING, "offload")), profile)
     estimates = estimate_grid(candidates, lofi_workload(), profile)
     usable = usable_bytes(profile)
     groups = defaultdict(list)

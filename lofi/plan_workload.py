@@ -88,6 +88,7 @@ class LofiWorkload:
     """The planner's view of `lofi train`'s end-to-end step."""
 
     key: str = field(default_factory=_source_key)
+    offloads: bool = True  # the encoder runs `offload` (planner.search probes it where none does not fit)
 
     def build_model(self, spec: ModelSpec, device: torch.device) -> nn.Module:
         dims = [f.tr for f in spec.cycle] or [spec.fidelity.tr]

@@ -23,7 +23,7 @@ PAPER_CYCLES: tuple[tuple[Fidelity, ...], ...] = (C_LOFI_CYCLE,)
 BACKBONES: tuple[str, ...] = ("tsm_r18", "tsm_r34", "tsm_r50")
 HEADS: tuple[str, ...] = ("gtad", "bmn")
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16)
-CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4", "offload")
+CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4")  # + blocks:N and offload where none does not fit (planner.search)
 PAPER_GLOBAL_BATCH = 16  # PAPER.md: "global batch 16 for every configuration"
 CYCLE_NAME = "C"  # `--fidelity C` selects the C-LoFi cycle
 
@@ -47,7 +47,7 @@ class GridSpec:
     optimizer: str = "sgd"
     expandable_segments: tuple[bool, ...] = (False,)  # allocator settings to try (True: expandable segments)
     batchnorm: str = "frozen"  # planner.candidate.BATCHNORM: what the trainer will do with BatchNorm
-    search_blocks: bool = True  # also search the smallest fitting blocks:N where none does not fit and block does (planner.search)
+    search_blocks: bool = True  # where none does not fit: also the smallest fitting blocks:N (block fits) and offload (planner.search)
 
 
 def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from planner.hardware import GpuProfile
 from planner.measure import measure_candidates
 from planner.plan_file import Measurement, Plan, plan_from_ranking
 from planner.quality import load_evidence
-from planner.search import search_blocks
+from planner.search import search_blocks, search_offload
 from planner.trace_cache import TraceCache
 from planner.workload import Workload
 
@@ -104,7 +104,9 @@ def estimate_searched(
     with shared_workers():
         estimates = estimate(list(candidates))
         if request.spec.search_blocks:
-            estimates += search_blocks(estimates, workload, usable_bytes(request.profile, request.margin), estimate)
+            usable = usable_bytes(request.profile, request.margin)
+            estimates += search_blocks(estimates, workload, usable, estimate)
+            estimates += search_offload(estimates, workload, usable, estimate, device=request.profile.kind != "cpu")
     return estimates
 
 

@@ -20,6 +20,13 @@ rounds. tests/test_search.py checks the result against every N estimated.
 Every estimated `blocks:N` candidate joins the grid's candidates in the ranking and in
 plan.json, so the report can show each policy's memory and time. A workload without
 `block_savings` (planner.workload) gets no search.
+
+Activation offload (`offload`: nothing recomputed, saved tensors over the host link) is
+probed the same way, once per group where `none` does not fit (`search_offload`), for
+workloads that can offload (`offloads = True`) on a device with a host to offload to:
+only there can it be the fastest policy that fits, and estimating it everywhere would
+trace a model per group for nothing (on the default grids it never is: 2-12x slower
+than the fastest fitting policy, docs/planner.md).
 """
 
 from __future__ import annotations
@@ -65,6 +72,21 @@ def search_blocks(estimates: Sequence[CandidateEstimate], workload: Workload, us
             found.append(e)
         for key, n in probes.items():
             searches[key].record(n, _fits(groups[key][f"blocks:{n}"], usable))
+
+
+def search_offload(estimates: Sequence[CandidateEstimate], workload: Workload, usable: int, estimate: Estimator,
+                   *, device: bool = True) -> list[CandidateEstimate]:
+    """`offload` estimates for every group of `estimates` where `none` does not fit in
+    `usable` bytes and no `offload` is estimated yet; none for a workload that cannot
+    offload or without a `device` to offload from (the cpu profile)."""
+    if not device or not getattr(workload, "offloads", False):
+        return []
+    by_group: dict[Candidate, dict[str, CandidateEstimate]] = defaultdict(dict)
+    for e in estimates:
+        by_group[replace(e.candidate, checkpointing="none")][e.candidate.checkpointing] = e
+    missing = [replace(key, checkpointing="offload") for key, by_policy in by_group.items()
+               if "none" in by_policy and not _fits(by_policy["none"], usable) and "offload" not in by_policy]
+    return estimate(missing) if missing else []
 
 
 class _Interval:

@@ -13,7 +13,7 @@ from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
 from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
-from planner.search import search_blocks
+from planner.search import search_blocks, search_offload
 from planner.trace_cache import TraceCache
 from planner.workload import ModelSpec, TorchvisionWorkload
 
@@ -128,3 +128,29 @@ def test_search_logic_finds_the_smallest_n_for_every_budget(savings):
             assert not fits  # only every block fits: nothing partial to find
         else:
             assert min(fits) == min(fitting), budget
+
+
+class _Offloads:
+    offloads = True
+
+
+def test_offload_is_probed_once_where_none_does_not_fit_and_only_there():
+    from plan_helpers import estimate as make_estimate
+
+    small = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=1, fidelity=Fidelity(25, 112))
+    large = dataclasses.replace(small, batch_per_gpu=4)
+    grid = [make_estimate(small, 4.0), make_estimate(dataclasses.replace(small, checkpointing="block"), 2.0),
+            make_estimate(large, 16.0), make_estimate(dataclasses.replace(large, checkpointing="block"), 6.0)]
+    asked = []
+
+    def estimate(candidates):
+        asked.extend(candidates)
+        return [make_estimate(c, 3.0) for c in candidates]
+
+    usable = 8 * GiB
+    found = search_offload(grid, _Offloads(), usable, estimate)
+    assert [e.candidate for e in found] == [dataclasses.replace(large, checkpointing="offload")]
+    assert search_offload(grid + found, _Offloads(), usable, estimate) == []  # estimated already
+    assert search_offload(grid, _Offloads(), usable, estimate, device=False) == []  # the cpu profile
+    assert search_offload(grid, object(), usable, estimate) == []  # a workload that cannot offload
+    assert len(asked) == 1

@@ -25,7 +25,8 @@ from planner.candidate import OPTIMIZERS
 @click.option("--batch", multiple=True, help="Batch sizes per GPU to try (default 1,2,4,8,16).")
 @click.option("--precision", multiple=True, help="fp32, fp16, bf16 (default: all the GPU supports).")
 @click.option("--checkpointing", multiple=True, help="none, blocks:N, block, chunk:K or offload, each optionally +head "
-              "(default none,block,chunk:4,offload; the planner adds the smallest blocks:N that fits where none does not).")
+              "(default none,block,chunk:4; where none does not fit the planner adds the smallest blocks:N that fits, "
+              "and offload).")
 @click.option("--global-batch", type=int, default=16, show_default=True, help="Videos per optimizer step (paper: 16).")
 @click.option("--no-accumulation", is_flag=True, help="Reach the global batch in one step (batch x GPUs = global batch).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,

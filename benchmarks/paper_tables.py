@@ -128,8 +128,7 @@ def run_name(setting: Setting, seed: int) -> str:
 
 def run(command: list[str], log: Path) -> tuple[float, float]:
     """Run a step, its output into `log`; returns its wall seconds and the CPU seconds
-    (user + system) of its processes; raises on failure. CPU time is what a shared
-    machine's load changes least: wall time grows with the load, CPU time barely."""
+    (user + system) of its processes; raises on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -275,8 +274,8 @@ def render(settings, summaries, official, commands: list[str], scale_name: str, 
         "std over the seeds. `official end`: the same heads evaluated with the official BMN/G-TAD rule that no "
         "proposal ends after (T−1)/T (`--proposal-end official`), and its change of average mAP. Time: wall "
         "minutes of each `lofi train` run (the shared pre-training not included) and its CPU minutes (user + "
-        "system of its processes: what the run costs, which the load of a shared machine changes far less than "
-        f"wall time; all runs: {cpu_total / 60:.0f} CPU min). Load average when this invocation ended: "
+        "system of its processes; on a loaded machine both grow: torch's OpenMP threads spin while they wait; "
+        f"all runs: {cpu_total / 60:.0f} CPU min). Load average when this invocation ended: "
         f"{os.getloadavg()[0]:.1f}. Memory: the plan's reserved peak for the LoFi stage (on this CPU: estimated, "
         "not measured).",
         "",

@@ -41,7 +41,7 @@ def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path, search: bool 
         fits = sum(e.memory.total <= profile.memory_bytes for e in estimates)
         searched = len(estimates) - len(candidates)
         specs = {(e.candidate.fidelity, e.candidate.backbone, e.candidate.checkpointing) for e in estimates[len(candidates):]}
-        print(f"  search: {searched} blocks:N candidates estimated ({len(specs)} new model specs)")
+        print(f"  search: {searched} blocks:N and offload candidates estimated ({len(specs)} new model specs)")
         print(f"  {label}: {times[-1]:.1f} s wall, {_cpu_seconds() - cpu:.1f} s CPU in this process and its workers "
               f"({fits} of {len(estimates)} within {profile.memory_bytes / 2**30:.0f} GiB); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -13,6 +13,7 @@ from planner.estimate import estimate_grid, shared_workers
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
+from planner.host_links import host_link
 from planner.measure import measure_candidates
 from planner.plan_file import Measurement, Plan, plan_from_ranking
 from planner.quality import load_evidence
@@ -106,7 +107,8 @@ def estimate_searched(
         if request.spec.search_blocks:
             usable = usable_bytes(request.profile, request.margin)
             estimates += search_blocks(estimates, workload, usable, estimate)
-            estimates += search_offload(estimates, workload, usable, estimate, device=request.profile.kind != "cpu")
+            link = host_link(request.profile) if request.profile.kind != "cpu" else None
+            estimates += search_offload(estimates, workload, usable, estimate, link=link)
     return estimates
 
 

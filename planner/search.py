@@ -22,11 +22,12 @@ plan.json, so the report can show each policy's memory and time. A workload with
 `block_savings` (planner.workload) gets no search.
 
 Activation offload (`offload`: nothing recomputed, saved tensors over the host link) is
-probed the same way, once per group where `none` does not fit (`search_offload`), for
-workloads that can offload (`offloads = True`) on a device with a host to offload to:
-only there can it be the fastest policy that fits, and estimating it everywhere would
-trace a model per group for nothing (on the default grids it never is: 2-12x slower
-than the fastest fitting policy, docs/planner.md).
+probed once per group where `none` does not fit and a lower bound on its step (none's
+plus the copies of the bytes by which none misses) beats every policy estimated that
+fits (`search_offload`), for workloads that can offload (`offloads = True`) on a device
+with a host to offload to: only there can it be the fastest policy that fits, and
+estimating it everywhere would trace a model per group for nothing (on the default grids
+it never is: 2-12x slower than the fastest fitting policy, docs/planner.md).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from dataclasses import replace
 
 from planner.candidate import Candidate
 from planner.estimates import CandidateEstimate
+from planner.host_links import HostLink
+from planner.timing import offload_seconds
 from planner.workload import Workload, step_specs
 
 Estimator = Callable[[list[Candidate]], list[CandidateEstimate]]
@@ -75,18 +78,35 @@ def search_blocks(estimates: Sequence[CandidateEstimate], workload: Workload, us
 
 
 def search_offload(estimates: Sequence[CandidateEstimate], workload: Workload, usable: int, estimate: Estimator,
-                   *, device: bool = True) -> list[CandidateEstimate]:
-    """`offload` estimates for every group of `estimates` where `none` does not fit in
-    `usable` bytes and no `offload` is estimated yet; none for a workload that cannot
-    offload or without a `device` to offload from (the cpu profile)."""
-    if not device or not getattr(workload, "offloads", False):
+                   *, link: HostLink | None) -> list[CandidateEstimate]:
+    """`offload` estimates for the groups of `estimates` where `none` does not fit in
+    `usable` bytes, no `offload` is estimated yet, and offload could be the fastest
+    policy that fits; none for a workload that cannot offload or without a host `link`
+    to offload over (the cpu profile).
+
+    "Could be": to fit, each micro-batch must move at least the bytes by which `none`
+    misses the budget to the host and back, so offload's step takes at least `none`'s
+    plus that transfer (`planner.timing.offload_seconds`); where a policy already
+    estimated fits and is at least that fast, offload cannot win and is not traced."""
+    if link is None or not getattr(workload, "offloads", False):
         return []
     by_group: dict[Candidate, dict[str, CandidateEstimate]] = defaultdict(dict)
     for e in estimates:
         by_group[replace(e.candidate, checkpointing="none")][e.candidate.checkpointing] = e
     missing = [replace(key, checkpointing="offload") for key, by_policy in by_group.items()
-               if "none" in by_policy and not _fits(by_policy["none"], usable) and "offload" not in by_policy]
+               if "offload" not in by_policy and _offload_may_win(key, by_policy, usable, link)]
     return estimate(missing) if missing else []
+
+
+def _offload_may_win(key: Candidate, by_policy: dict[str, CandidateEstimate], usable: int, link: HostLink) -> bool:
+    none = by_policy.get("none")
+    if none is None or _fits(none, usable):
+        return False
+    fitting = [e.time.seconds_per_step for e in by_policy.values() if _fits(e, usable) and e.time is not None]
+    if not fitting or none.time is None:
+        return True
+    least = none.time.seconds_per_step + key.accumulation * offload_seconds(none.memory.total - usable, link)
+    return least < min(fitting)
 
 
 class _Interval:

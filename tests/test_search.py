@@ -134,13 +134,18 @@ class _Offloads:
     offloads = True
 
 
-def test_offload_is_probed_once_where_none_does_not_fit_and_only_there():
+def test_offload_is_probed_only_where_none_does_not_fit_and_it_could_be_fastest():
     from plan_helpers import estimate as make_estimate
+    from planner.host_links import HostLink
 
     small = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=1, fidelity=Fidelity(25, 112))
-    large = dataclasses.replace(small, batch_per_gpu=4)
+    large, huge = dataclasses.replace(small, batch_per_gpu=4), dataclasses.replace(small, batch_per_gpu=8)
+    link = HostLink("test", 1.0, "test")  # 1 GB/s: 2 GiB over budget cost ~4.3 s a micro-batch, both ways
     grid = [make_estimate(small, 4.0), make_estimate(dataclasses.replace(small, checkpointing="block"), 2.0),
-            make_estimate(large, 16.0), make_estimate(dataclasses.replace(large, checkpointing="block"), 6.0)]
+            # none misses by 2 GiB; block fits and takes 2 s, none 1 s: offload needs >= 1 + 4.3 s: skipped
+            make_estimate(large, 10.0), make_estimate(dataclasses.replace(large, checkpointing="block"), 6.0, 2.0),
+            # none misses by 2 GiB; block fits but takes 10 s: offload may be faster: probed
+            make_estimate(huge, 10.0), make_estimate(dataclasses.replace(huge, checkpointing="block"), 6.0, 10.0)]
     asked = []
 
     def estimate(candidates):
@@ -148,9 +153,12 @@ def test_offload_is_probed_once_where_none_does_not_fit_and_only_there():
         return [make_estimate(c, 3.0) for c in candidates]
 
     usable = 8 * GiB
-    found = search_offload(grid, _Offloads(), usable, estimate)
-    assert [e.candidate for e in found] == [dataclasses.replace(large, checkpointing="offload")]
-    assert search_offload(grid + found, _Offloads(), usable, estimate) == []  # estimated already
-    assert search_offload(grid, _Offloads(), usable, estimate, device=False) == []  # the cpu profile
-    assert search_offload(grid, object(), usable, estimate) == []  # a workload that cannot offload
-    assert len(asked) == 1
+    found = search_offload(grid, _Offloads(), usable, estimate, link=link)
+    assert [e.candidate for e in found] == [dataclasses.replace(huge, checkpointing="offload")]
+    assert search_offload(grid + found, _Offloads(), usable, estimate, link=link) == []  # estimated already
+    assert search_offload(grid, _Offloads(), usable, estimate, link=None) == []  # the cpu profile: no link
+    assert search_offload(grid, object(), usable, estimate, link=link) == []  # a workload that cannot offload
+    nothing_fits = [make_estimate(large, 10.0), make_estimate(dataclasses.replace(large, checkpointing="block"), 9.0)]
+    assert [e.candidate.checkpointing for e in search_offload(nothing_fits, _Offloads(), usable, estimate, link=link)] == [
+        "offload"]  # offload may be the only way to fit
+    assert len(asked) == 2

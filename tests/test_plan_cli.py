@@ -275,3 +275,15 @@ def test_report_shows_the_frontier_of_a_saved_plan(tmp_path):
     out = CliRunner().invoke(main, ["report", str(path)], terminal_width=160).output
     frontier = out[out.index("Memory–time frontier: C-LoFi tsm_r34, batch 2×8, fp16"):]
     assert "chunk:4" in frontier and "20.00" in frontier and "✓ chosen" in frontier
+
+
+def test_a_plan_that_offloads_reports_the_pinned_host_memory_and_the_copies(tmp_path):
+    args = ("--backbones", "tsm_r18", "--fidelity", "low", "--batch", "1", "--precision", "fp16",
+            "--checkpointing", "offload", "--videos", "100", "--out", str(tmp_path / "plan.json"))
+    result = CliRunner().invoke(main, ["plan", "--gpu", "v100-32gb", *args], catch_exceptions=False, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    chosen = load_plan(tmp_path / "plan.json")
+    assert chosen.chosen.checkpointing == "offload" and chosen.memory.host_pinned > 0
+    text = " ".join(result.output.split())
+    assert f"pinned host memory {chosen.memory.host_pinned / 2**30:.2f} offloaded activations" in text
+    assert f"{chosen.time.host_transfer_seconds:.2f} s of each step copies offloaded activations" in text

@@ -64,6 +64,9 @@ def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
         ("reserved, GPU with room", memory.reserved_peak, "max_memory_reserved, no limit"),
     ):
         table.add_row(Text(name, style="italic"), f"{value / GIB:.2f}", Text(note, style="grey70"))
+    if memory.host_pinned:
+        table.add_row(Text("pinned host memory", style="italic"), f"{memory.host_pinned / GIB:.2f}",
+                      Text("offloaded activations, in the host's RAM (not in the total)", style="grey70"))
     table.add_row(
         Text("total per " + ("GPU" if report.hardware.kind == "gpu" else "process"), style="bold"),
         Text(f"{memory.total / GIB:.2f}", style="bold"),
@@ -78,4 +81,6 @@ def _time_line(time: TimeEstimate | None, report: Report) -> Text:
     text = f"Time: {hours(time.seconds_per_epoch)} per epoch of {time.videos_per_epoch:,} videos ({time.seconds_per_step:.2f} s per optimizer step)"
     if time.cost_per_epoch_usd is not None:
         text += f", about ${time.cost_per_epoch_usd:,.2f} per epoch"
+    if time.host_transfer_seconds:
+        text += f"; {time.host_transfer_seconds:.2f} s of each step copies offloaded activations over the host link"
     return Text(text)

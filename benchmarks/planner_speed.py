@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lofi.plan_axes import LOFI_AXES
 from lofi.plan_workload import lofi_workload
 from planner.estimate import TRACE_BATCHES, estimate_grid
 from planner.grid import GridSpec, build_grid
@@ -26,14 +27,15 @@ from planner.workload import step_specs
 
 def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path) -> list[float]:
     profile = get_profile(gpu)
-    candidates = build_grid(GridSpec(gpus=gpus), profile)
+    candidates = build_grid(GridSpec(LOFI_AXES, gpus=gpus), profile)
     target = "cpu" if profile.kind == "cpu" else "cuda"
     traces = {(s.traced(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}
     print(f"{gpu} x {gpus}: {len(candidates)} candidates, {len(traces)} traces at batch sizes {TRACE_BATCHES}")
     times = []
     for label in ("cold", "warm"):
         start, cpu = time.perf_counter(), _cpu_seconds()
-        estimates = estimate_grid(candidates, lofi_workload(), profile, cache=TraceCache(cache_dir), workers=workers)
+        estimates = estimate_grid(candidates, lofi_workload(), profile, videos_per_epoch=LOFI_AXES.videos_per_epoch,
+                                  cache=TraceCache(cache_dir), workers=workers)
         times.append(time.perf_counter() - start)
         fits = sum(e.memory.total <= profile.memory_bytes for e in estimates)
         print(f"  {label}: {times[-1]:.1f} s wall, {_cpu_seconds() - cpu:.1f} s CPU in this process and its workers "

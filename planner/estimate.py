@@ -47,7 +47,7 @@ from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, l
 from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
                                with_state, with_workspaces)
 from planner.host_links import host_link
-from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, offload_seconds, time_estimate
+from planner.timing import mean_time, offload_seconds, time_estimate
 from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 from planner.tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
@@ -66,7 +66,7 @@ def estimate_candidate(
     workload: Workload,
     profile: GpuProfile,
     *,
-    videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    videos_per_epoch: int,
     cache: TraceCache | None = None,
 ) -> CandidateEstimate:
     return estimate_grid([candidate], workload, profile, videos_per_epoch=videos_per_epoch, cache=cache, workers=1)[0]
@@ -77,7 +77,7 @@ def estimate_grid(
     workload: Workload,
     profile: GpuProfile,
     *,
-    videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    videos_per_epoch: int,
     cache: TraceCache | None = None,
     progress: Progress | None = None,
     workers: int | None = None,

@@ -168,7 +168,7 @@ def entries_from_ranking(ranking: Ranking, measured: dict[int, Measurement] | No
             reason=r.reason,
             quality_tier=r.quality.tier,
             quality=r.quality.summary(),
-            paper_avg_map=r.quality.evidence.avg_map if r.quality.evidence else None,
+            paper_avg_map=r.quality.reported_score,
             measured=measured.get(r.rank),
         )
         for r in ranking.ranked

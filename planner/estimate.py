@@ -1,7 +1,7 @@
 """Memory and time of candidates: trace, synthesize, replay, add what the allocator does
 not see.
 
-For each fidelity a candidate trains at (one, or a C-LoFi cycle's three):
+For each fidelity a candidate trains at (one, or each member of its cycle):
   1. traces of one training step at batch sizes 2 and 3 (`planner.tracer`, cached on disk
      by `planner.trace_cache`; missing ones traced in worker processes), extrapolated to
      the candidate's batch size (`synthesis.extrapolate`: sizes are affine in the batch)

@@ -95,7 +95,7 @@ def offload_seconds(host_bytes: int, link: HostLink) -> float:
 
 
 def mean_time(estimates: list[TimeEstimate | None]) -> TimeEstimate | None:
-    """A C-LoFi cycle spends equal time at each member fidelity: the mean of its steps."""
+    """A cycle spends equal time at each member fidelity: the mean of its steps."""
     if not estimates or any(e is None for e in estimates):
         return None
     n = len(estimates)

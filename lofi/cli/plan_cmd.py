@@ -86,7 +86,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
 
         writable(plot, "--plot")
         check_frontier_plot(plot)
-    target = resolve_target(gpu_name, list_profiles(), gpus=gpus)
+    target = resolve_target(gpu_name, list_profiles(), gpus=gpus, fallback_note="the paper's hardware")
     request = plan_request(spec, target, margin=margin, videos=videos, annotations=annotations,
                            max_epoch_hours=max_epoch_hours)
     for notice in target.notices:

@@ -55,16 +55,16 @@ def test_no_method_name_in_the_planner():
 # Runs in a fresh interpreter: nothing of `lofi` may be imported along the way.
 SCRIPT = r"""
 import json, sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.axes import WorkloadAxes
 from planner.choose import describe
 from planner.errors import FieldError
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec, build_grid, select_fidelities
-from planner.planning import PlanRequest, estimate_and_rank, plan_from_request
+from planner.planning import PlanRequest, estimate_and_rank, plan_from_request, rank
 from planner.profiles import get_profile
-from planner.quality import config_key
+from planner.quality import config_key, rank_equal
 from planner.workload import TorchvisionWorkload
 
 
@@ -110,6 +110,9 @@ result["reasons"] = sorted({e.reason for e in plan.candidates if e.candidate.bac
 result["dataset"] = [plan.videos_per_epoch, plan.dataset]
 result["describe"] = describe(build_grid(GridSpec(axes, fidelities=(), checkpointing=("none",)),
                                          get_profile("v100-32gb"))[0], axes.cycle_label)
+unranked = replace(request, spec=replace(spec, axes=replace(axes, quality=rank_equal)))
+equal = rank(unranked, estimates)
+result["equal"] = [sorted({r.quality.tier for r in equal.ranked}), equal.chosen.quality.summary()]
 result["lofi_modules"] = sorted(m for m in sys.modules if m == "lofi" or m.startswith("lofi."))
 print(json.dumps(result))
 """
@@ -132,4 +135,6 @@ def test_planner_plans_a_torchvision_workload_without_lofi(tmp_path):
     assert result["chosen"][0] == "resnet34"
     assert result["reasons"] == ["shallower: 18 vs 34 layers"]
     assert result["dataset"] == [100, "synthetic images"]
+    # Axes that rank nothing: one tier, speed alone decides.
+    assert result["equal"] == [[0], "not ranked: the workload gives no quality order"]
     assert result["describe"].startswith("multi-size 1/32+1/48 resnet18, batch ")

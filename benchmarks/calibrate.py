@@ -31,11 +31,13 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from the tree without an install
 
+from lofi.fidelities import C_LOFI_CYCLE, NAMED_FIDELITIES  # noqa: E402
+from lofi.plan_axes import LOFI_AXES  # noqa: E402
 from lofi.plan_workload import lofi_workload  # noqa: E402
 from planner.atomic_files import atomic_write_text  # noqa: E402
 from planner.candidate import Candidate  # noqa: E402
 from planner.estimate import estimate_grid  # noqa: E402
-from planner.fidelity import C_LOFI_CYCLE, NAMED_FIDELITIES, Fidelity  # noqa: E402
+from planner.fidelity import Fidelity  # noqa: E402
 from planner.plan_file import candidate_to_dict  # noqa: E402
 from planner.profiles import get_profile, list_profiles  # noqa: E402
 
@@ -90,7 +92,7 @@ def main() -> int:
         device, rows = "cuda", gpu_grid("bf16" if profile.supports_bf16 else "fp16")
     rows = rows[: args.max_rows] if args.max_rows else rows
     console.print(f"calibrating {name}: {len(rows)} rows; estimating ...")
-    estimates = estimate_grid([c for c, _ in rows], lofi_workload(), profile)
+    estimates = estimate_grid([c for c, _ in rows], lofi_workload(), profile, videos_per_epoch=LOFI_AXES.videos_per_epoch)
     path = args.out / f"{name}.json"
     document = {"schema": SCHEMA, "version": VERSION, "gpu": name, "device": None, "complete": False,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": []}
@@ -214,7 +216,7 @@ def _cell(est, meas, *, seconds: bool) -> str:
 
 
 def _label(candidate: Candidate) -> str:
-    from planner.choose import describe
+    from lofi.plan_axes import describe
 
     return describe(candidate)
 

@@ -145,7 +145,8 @@ def add_estimates(rows: list[dict]) -> list[dict]:
     fidelity = Fidelity(first["tr"], first["sr"], first["frames"])
     candidates = [Candidate(first["backbone"], "none", first["batch"], fidelity=fidelity, checkpointing=row["policy"])
                   for row in rows]
-    estimates = estimate_grid(candidates, EncoderStep(), get_profile("cpu"), cache=TraceCache.in_memory(), workers=1)
+    estimates = estimate_grid(candidates, EncoderStep(), get_profile("cpu"), videos_per_epoch=1, cache=TraceCache.in_memory(),
+                              workers=1)
     found = {e.candidate.checkpointing: e.memory.activations for e in estimates}
     base = found.get("none")
     return [{**row, "activation_bytes": found[row["policy"]],

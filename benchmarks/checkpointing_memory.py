@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+from lofi.fidelities import T_LOFI
+from lofi.plan_axes import LOFI_AXES
 from lofi.plan_workload import lofi_workload
 from planner.candidate import Candidate
 from planner.estimate import estimate_grid
-from planner.fidelity import T_LOFI
 from planner.profiles import get_profile
 
 MiB = 1 << 20
@@ -44,7 +45,8 @@ def report(backbone: str, precision: str, policies: list[str], batches: list[int
         for policy in policies
     ]
     estimates = {(e.candidate.batch_per_gpu, e.candidate.checkpointing): e
-                 for e in estimate_grid(candidates, lofi_workload(), get_profile(gpu))}
+                 for e in estimate_grid(candidates, lofi_workload(), get_profile(gpu),
+                                          videos_per_epoch=LOFI_AXES.videos_per_epoch)}
     print(f"{backbone} + G-TAD, T-LoFi {T_LOFI.label()}, {precision}: estimated peak activation memory")
     print(f"{'batch':>5} {'policy':>9} {'activations':>12} {'vs none':>8} {'allocated':>10} {'total':>9} {'TFLOP/step':>10}")
     worst = None

@@ -17,12 +17,12 @@ import argparse
 import sys
 from collections import Counter, defaultdict
 
+from lofi.plan_axes import LOFI_AXES, describe
 from lofi.plan_workload import lofi_workload
-from planner.choose import describe, rank_candidates, usable_bytes
+from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
 from planner.grid import CHECKPOINTING, GridSpec, build_grid
 from planner.profiles import get_profile
-from planner.quality import load_evidence
 
 GiB = 1 << 30
 
@@ -34,8 +34,8 @@ def main() -> int:
     args = parser.parse_args()
     profile = get_profile(args.gpu)
     # offload on every configuration (lofi plan probes it only where none does not fit)
-    candidates = build_grid(GridSpec(gpus=args.gpus, checkpointing=(*CHECKPOINTING, "offload")), profile)
-    estimates = estimate_grid(candidates, lofi_workload(), profile)
+    candidates = build_grid(GridSpec(LOFI_AXES, gpus=args.gpus, checkpointing=(*CHECKPOINTING, "offload")), profile)
+    estimates = estimate_grid(candidates, lofi_workload(), profile, videos_per_epoch=LOFI_AXES.videos_per_epoch)
     usable = usable_bytes(profile)
     groups = defaultdict(list)
     for e in estimates:
@@ -76,7 +76,7 @@ def main() -> int:
         print(f"  offload: {describe(best.candidate)}: {best.memory.total / GiB:.1f} GiB, "
               f"{t.seconds_per_epoch / 3600:.2f} h/epoch ({100 * t.host_transfer_seconds / t.seconds_per_step:.0f}% "
               f"host copies), pinned {best.memory.host_pinned / GiB:.1f} GiB; faster: {others}")
-    chosen = rank_candidates(estimates, usable, load_evidence()).chosen
+    chosen = rank_candidates(estimates, usable, LOFI_AXES).chosen
     print(f"chosen: {describe(chosen.candidate) if chosen else 'nothing fits'}")
     print("offload only where nothing faster fits: " + ("yes" if not wrong else f"NO ({wrong} faster fitting)"))
     return 1 if wrong else 0

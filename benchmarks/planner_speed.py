@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lofi.plan_axes import LOFI_AXES
 from lofi.plan_workload import lofi_workload
 from planner.estimate import TRACE_BATCHES
 from planner.grid import GridSpec, build_grid
@@ -28,7 +29,7 @@ from planner.workload import step_specs
 
 def run(gpu: str, gpus: int, workers: int | None, cache_dir: Path, search: bool = True) -> list[float]:
     profile = get_profile(gpu)
-    request = PlanRequest(GridSpec(gpus=gpus, search_blocks=search), profile)
+    request = PlanRequest(GridSpec(LOFI_AXES, gpus=gpus, search_blocks=search), profile)
     candidates = build_grid(request.spec, profile)
     target = "cpu" if profile.kind == "cpu" else "cuda"
     traces = {(s.traced(), b) for c in candidates for s in step_specs(c, target) for b in TRACE_BATCHES}

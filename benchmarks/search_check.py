@@ -27,8 +27,8 @@ import sys
 import time
 from dataclasses import replace
 
+from lofi.plan_axes import LOFI_AXES, describe
 from lofi.plan_workload import lofi_workload
-from planner.choose import describe
 from planner.estimate import estimate_grid
 from planner.grid import GridSpec
 from planner.planning import PlanRequest, estimate_and_rank
@@ -40,7 +40,7 @@ FIXED = ("none", "block", "chunk")
 
 def check(gpu: str, gpus: int, batchnorm: str = "frozen", brute: bool = False) -> bool:
     profile = get_profile(gpu)
-    request = PlanRequest(GridSpec(gpus=gpus, batchnorm=batchnorm), profile)
+    request = PlanRequest(GridSpec(LOFI_AXES, gpus=gpus, batchnorm=batchnorm), profile)
     start = time.perf_counter()
     estimates, ranking = estimate_and_rank(request, lofi_workload())
     seconds = time.perf_counter() - start
@@ -102,7 +102,8 @@ def brute_force(chosen, profile, usable: int) -> list[str]:
     """Every N for the chosen candidate's group: is the chosen N the smallest that fits?"""
     count = len(lofi_workload().block_savings(step_specs(chosen, "cuda")[0].model))
     policies = ["none", *(f"blocks:{n}" for n in range(1, count + 1))]
-    found = estimate_grid([replace(chosen, checkpointing=p) for p in policies], lofi_workload(), profile)
+    found = estimate_grid([replace(chosen, checkpointing=p) for p in policies], lofi_workload(), profile,
+                          videos_per_epoch=LOFI_AXES.videos_per_epoch)
     totals = [e.memory.total for e in found]
     for e in found:
         print(f"    {e.candidate.checkpointing:>9}: {e.memory.total / 2**30:6.2f} GiB, "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lofi.errors import OptionError
+from lofi.plan_axes import ACTIVITYNET_DATASET, ACTIVITYNET_TRAINING_VIDEOS
 from planner.choose import Ranking
 from planner.errors import PlannerError
 from planner.grid import GridSpec
@@ -17,8 +18,7 @@ from planner.nvml import Target
 from planner.plan_file import Measurement, Plan
 from planner.planning import PlanRequest, estimate_and_rank, measure_and_rerank, plan_from_request
 
-ACTIVITYNET_TRAINING_VIDEOS = 9649  # ActivityNet-1.3 training videos (shared/data/README.md)
-ACTIVITYNET_SOURCE = "ActivityNet-1.3 training; --videos or --annotations to change"
+ACTIVITYNET_SOURCE = f"{ACTIVITYNET_DATASET}; --videos or --annotations to change"
 MEASURE_COMMAND = (sys.executable, "-m", "lofi.measure_step")
 
 

@@ -1,7 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename, so a
 reader (or a crash) never sees half a file and the previous version survives until the
-new one is whole. Used by planner (plans, trace cache) and lofi (checkpoints, features,
-results, datasets) alike."""
+new one is whole. Used by the planner (plans, trace cache) and by its callers (checkpoints,
+features, results, datasets) alike."""
 
 from __future__ import annotations
 

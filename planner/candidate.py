@@ -10,17 +10,17 @@ from planner.checkpointing import Checkpointing
 from planner.fidelity import Fidelity
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # paper: SGD, momentum 0 -> no optimizer state
-BATCHNORM = ("frozen", "trained", "partial")  # statistics fixed; trained with the batch; only the first layer trained, other affines fixed (TSM partialBN)
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # sgd: momentum 0 -> no optimizer state
+BATCHNORM = ("frozen", "trained", "partial")  # statistics fixed; trained with the batch; only the first layer trained, other affines fixed (partial BN)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One training configuration. Exactly one of `fidelity` and `cycle` is set: a C-LoFi
-    cycle trains at each member fidelity in turn, so its memory is the max of its members."""
+    """One training configuration. Exactly one of `fidelity` and `cycle` is set: a cycle
+    trains at each member fidelity in turn, so its memory is the max of its members."""
 
-    backbone: str  # tsm_r18 | tsm_r34 | tsm_r50 (| r2plus1d_18)
-    head: str  # gtad | bmn
+    backbone: str  # one of the workload's backbones (planner.axes.WorkloadAxes)
+    head: str  # one of the workload's heads
     batch_per_gpu: int
     fidelity: Fidelity | None = None
     cycle: tuple[Fidelity, ...] | None = None
@@ -37,7 +37,7 @@ class Candidate:
         if (self.fidelity is None) == (self.cycle is None):
             raise ValueError("a candidate has exactly one of fidelity and cycle")
         if self.cycle is not None and len(self.cycle) == 0:
-            raise ValueError("a C-LoFi cycle needs at least one fidelity")
+            raise ValueError("a cycle needs at least one fidelity")
         for name in ("batch_per_gpu", "gpus", "nodes", "accumulation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -19,12 +19,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from planner import checkpointing
+from planner.axes import WorkloadAxes
 from planner.candidate import Candidate
 from planner.errors import FieldError, NothingFitsError, PlannerError, Setting, field_setting
 from planner.estimates import CandidateEstimate
 from planner.grid import GridSpec
 from planner.hardware import GpuProfile
-from planner.quality import Evidence, Quality, config_key, rank_quality, why_lower
+from planner.quality import Quality, config_key
 
 DEFAULT_MARGIN = 0.10
 GIB = 2**30
@@ -115,18 +116,19 @@ def seconds_per_video(estimate: CandidateEstimate) -> float | None:
 def rank_candidates(
     estimates: Sequence[CandidateEstimate],
     usable: int,
-    evidence: Sequence[Evidence],
+    axes: WorkloadAxes,
     oom: Collection[Candidate] = (),
     max_seconds_per_epoch: float | None = None,
 ) -> Ranking:
     """Rank every estimate; candidates in `oom` ran out of memory when measured for real
     (`--measure`) and do not fit whatever their estimate says. With a time budget,
-    candidates estimated slower than `max_seconds_per_epoch` do not fit either."""
+    candidates estimated slower than `max_seconds_per_epoch` do not fit either. The
+    workload's `axes` rank the quality and name its cycles."""
     if not estimates:
         raise PlannerError("no candidates to rank")
     if max_seconds_per_epoch is not None and not max_seconds_per_epoch > 0:
         raise PlannerError(f"the time budget per epoch must be > 0, got {max_seconds_per_epoch}")
-    qualities = rank_quality((e.candidate for e in estimates), evidence)
+    qualities = axes.quality(e.candidate for e in estimates)
     quality = {id(e): qualities[config_key(e.candidate)] for e in estimates}
 
     def too_slow(e: CandidateEstimate) -> bool:
@@ -156,10 +158,10 @@ def rank_candidates(
         elif quality[id(estimate)].tier == quality[id(winner)].tier:
             reason = _slower(estimate, winner)
         else:
-            reason = why_lower(quality[id(estimate)], quality[id(winner)])
+            reason = quality[id(estimate)].why_below(quality[id(winner)])
         ranked.append(RankedCandidate(estimate, quality[id(estimate)], fits, reason, rank))
     chosen = ranked[0] if winner is not None else None
-    why = _why(chosen, ranked, usable) if chosen is not None else None
+    why = _why(chosen, ranked, usable, axes.cycle_label) if chosen is not None else None
     return Ranking(tuple(ranked), usable, chosen, why)
 
 
@@ -167,12 +169,13 @@ def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None 
     """The chosen candidate, or NothingFits with the smallest requirement and the levers."""
     if ranking.chosen is not None:
         return ranking.chosen
+    label = spec.axes.cycle_label if spec is not None else "cycle"
     in_memory = [r for r in ranking.ranked if r.total_bytes <= ranking.usable_bytes and r.estimate.time is not None
                  and (r.reason or "").startswith("too slow")]
     if in_memory:
         fastest = min(in_memory, key=lambda r: r.estimate.time.seconds_per_epoch)  # type: ignore[union-attr]
         message = (f"nothing fits the time budget: every candidate that fits in memory is estimated slower "
-                   f"({fastest.reason}); the fastest is {describe(fastest.candidate)}. Levers: a larger "
+                   f"({fastest.reason}); the fastest is {describe(fastest.candidate, label)}. Levers: a larger "
                    "budget, fewer epochs' worth of videos, smaller TR or SR")
         raise NothingFits(message, fastest.estimate, ranking.usable_bytes, ("a larger time budget",),
                           list_levers=False)
@@ -180,7 +183,7 @@ def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None 
     found = levers(smallest.candidate, spec)
     summary = (
         f"nothing fits in {gib(ranking.usable_bytes)} GiB per GPU ({profile.name}, "
-        f"{profile.memory_bytes / GIB:.0f} GiB less the margin): the smallest candidate, {describe(smallest.candidate)}, "
+        f"{profile.memory_bytes / GIB:.0f} GiB less the margin): the smallest candidate, {describe(smallest.candidate, label)}, "
         f"needs {gib(smallest.memory.total)} GiB."
     )
     raise NothingFits(summary, smallest, ranking.usable_bytes, tuple(found))
@@ -188,7 +191,7 @@ def require_choice(ranking: Ranking, profile: GpuProfile, spec: GridSpec | None 
 
 def levers(smallest: Candidate, spec: GridSpec | None) -> list[Lever]:
     """What would shrink the requirement, from what the grid has not tried yet."""
-    spec = spec or GridSpec()
+    spec = spec or GridSpec(WorkloadAxes())
     found = []
     if not any(checkpointing.parse(p).enabled for p in spec.checkpointing):
         found.append(Lever("gradient checkpointing", "checkpointing", checkpointing.enabled_syntax()))
@@ -209,10 +212,11 @@ def levers(smallest: Candidate, spec: GridSpec | None) -> list[Lever]:
     return found
 
 
-def describe(candidate: Candidate) -> str:
-    """One line: 'C-LoFi 100/112+25/224+50/158 tsm_r18, batch 4x4, fp16, block'."""
+def describe(candidate: Candidate, cycle_label: str = "cycle") -> str:
+    """One line: 'cycle 100/112+25/224+50/158 resnet18, batch 4x4, fp16, block' (a cycle
+    named by `cycle_label`, the workload's `WorkloadAxes.cycle_label`)."""
     if candidate.cycle is not None:
-        fidelity = "C-LoFi " + "+".join(f.label() for f in candidate.cycle)
+        fidelity = f"{cycle_label} " + "+".join(f.label() for f in candidate.cycle)
     else:
         fidelity = candidate.fidelity.label()  # type: ignore[union-attr]
     batch = f"batch {candidate.batch_per_gpu}" + (f"x{candidate.accumulation}" if candidate.accumulation > 1 else "")
@@ -261,7 +265,7 @@ def _slower(estimate: CandidateEstimate, winner: CandidateEstimate) -> str:
     return "slower: same quality, ranked after the chosen one"
 
 
-def _why(chosen: RankedCandidate, ranked: Sequence[RankedCandidate], usable: int) -> str:
+def _why(chosen: RankedCandidate, ranked: Sequence[RankedCandidate], usable: int, cycle_label: str) -> str:
     peers = sum(1 for r in ranked if r.fits and r.quality.tier == chosen.quality.tier)
     text = f"highest quality that fits ({chosen.quality.summary()})"
     text += f", fastest of {peers} fitting candidates of that quality" if peers > 1 else ""
@@ -273,6 +277,6 @@ def _why(chosen: RankedCandidate, ranked: Sequence[RankedCandidate], usable: int
         closest = min(better, key=lambda r: r.total_bytes)
         text += (
             f"; every higher-quality candidate needs more than {gib(usable)} GiB "
-            f"(the smallest: {describe(closest.candidate)}, {gib(closest.total_bytes)} GiB)"
+            f"(the smallest: {describe(closest.candidate, cycle_label)}, {gib(closest.total_bytes)} GiB)"
         )
     return text

@@ -1,7 +1,7 @@
 """The sustained training throughput of this machine's CPU, measured in about a second.
 
 The `cpu` profile's throughput is a conservative constant; when the target is the CPU
-the planner runs on (`lofi train --auto` without a GPU), a measurement is better. We
+the planner runs on (training planned on a machine without a GPU), a measurement is better. We
 time forward + backward of a 3x3 convolution at a size typical of a small encoder on
 low-resolution frames, in the thread setting training will use, and count its FLOPs
 (forward 2*Cin*Cout*9*H*W per image; backward twice that: input and weight grads)."""

@@ -1,7 +1,7 @@
 """Memory and time of candidates: trace, synthesize, replay, add what the allocator does
 not see.
 
-For each fidelity a candidate trains at (one, or a C-LoFi cycle's three):
+For each fidelity a candidate trains at (one, or each member of its cycle):
   1. traces of one training step at batch sizes 2 and 3 (`planner.tracer`, cached on disk
      by `planner.trace_cache`; missing ones traced in worker processes), extrapolated to
      the candidate's batch size (`synthesis.extrapolate`: sizes are affine in the batch)
@@ -48,7 +48,7 @@ from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, l
 from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
                                with_state, with_workspaces)
 from planner.host_links import host_link
-from planner.timing import ACTIVITYNET_TRAINING_VIDEOS, mean_time, offload_seconds, time_estimate
+from planner.timing import mean_time, offload_seconds, time_estimate
 from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 from planner.tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
@@ -67,7 +67,7 @@ def estimate_candidate(
     workload: Workload,
     profile: GpuProfile,
     *,
-    videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    videos_per_epoch: int,
     cache: TraceCache | None = None,
 ) -> CandidateEstimate:
     return estimate_grid([candidate], workload, profile, videos_per_epoch=videos_per_epoch, cache=cache, workers=1)[0]
@@ -78,7 +78,7 @@ def estimate_grid(
     workload: Workload,
     profile: GpuProfile,
     *,
-    videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    videos_per_epoch: int,
     cache: TraceCache | None = None,
     progress: Progress | None = None,
     workers: int | None = None,

@@ -1,9 +1,6 @@
 """Input fidelity of a training clip: snippets per video (TR), spatial size (SR) and
-frames per snippet (F). The paper's named fidelities live here because the planner,
-the data pipeline and the trainer all speak of them.
-
-Source: Xu et al., "Low-Fidelity Video Encoder Optimization for Temporal Action
-Localization", NeurIPS 2021, Table 1 and supplementary Table B (see PAPER.md).
+frames per snippet (F). Named fidelities belong to the workload that trains at them
+(its axes, `planner.axes`).
 """
 
 from __future__ import annotations
@@ -33,21 +30,3 @@ class Fidelity:
     def label(self) -> str:
         return f"{self.tr}/{self.sr}"
 
-
-# The paper's fidelities (PAPER.md, "Fidelity" table).
-FULL = Fidelity(100, 224)
-S_LOFI = Fidelity(100, 112)
-T_LOFI = Fidelity(25, 224)
-ST_LOFI = Fidelity(50, 158)
-LOW_BUDGET = Fidelity(25, 112)
-
-NAMED_FIDELITIES: dict[str, Fidelity] = {
-    "full": FULL,
-    "S": S_LOFI,
-    "T": T_LOFI,
-    "ST": ST_LOFI,
-    "low": LOW_BUDGET,
-}
-
-# C-LoFi cycles through S -> T -> ST (long cycle: every epoch; short: every 16 batches).
-C_LOFI_CYCLE: tuple[Fidelity, ...] = (S_LOFI, T_LOFI, ST_LOFI)

@@ -1,10 +1,11 @@
 """The candidate grid: every training configuration the planner estimates and ranks.
 
-Default (planner issue, "Candidates"): the paper's fidelities (full 100/224, S 100/112,
-T 25/224, ST 50/158, low budget 25/112, and the C-LoFi cycle S -> T -> ST) x tsm_r18/r34/
-r50 x batch per GPU {1, 2, 4, 8, 16} x precision x checkpointing (none, block, chunk:4; the
-planner adds the `blocks:N` its search estimates, planner/search.py), at the paper's global
-batch of 16 (PAPER.md, "LoFi optimisation") reached by gradient accumulation.
+Fidelities (and cycles) x backbones x batch per GPU {1, 2, 4, 8, 16} x precision x
+checkpointing (none, block, chunk:4; the planner adds the `blocks:N` and `offload` its
+search estimates where none does not fit, planner/search.py), at the workload's global
+batch reached by gradient accumulation. The fidelities, cycles, backbones, head and
+global batch not given come from the workload's axes (`planner.axes.WorkloadAxes`), and
+the names given must be among them.
 """
 
 from __future__ import annotations
@@ -13,34 +14,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from planner import checkpointing
+from planner.axes import WorkloadAxes
 from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate
 from planner.errors import FieldError, PlannerError
-from planner.fidelity import C_LOFI_CYCLE, NAMED_FIDELITIES, Fidelity
+from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 
-PAPER_FIDELITIES: tuple[Fidelity, ...] = tuple(NAMED_FIDELITIES.values())  # full, S, T, ST, low
-PAPER_CYCLES: tuple[tuple[Fidelity, ...], ...] = (C_LOFI_CYCLE,)
-BACKBONES: tuple[str, ...] = ("tsm_r18", "tsm_r34", "tsm_r50")
-HEADS: tuple[str, ...] = ("gtad", "bmn")
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16)
 CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4")  # + blocks:N and offload where none does not fit (planner.search)
-PAPER_GLOBAL_BATCH = 16  # PAPER.md: "global batch 16 for every configuration"
-CYCLE_NAME = "C"  # `--fidelity C` selects the C-LoFi cycle
 
 
 @dataclass(frozen=True)
 class GridSpec:
     """What to enumerate. `precisions=None` means every precision the target supports
-    (fp32, fp16, and bf16 where the GPU has it; fp32 only on the cpu profile)."""
+    (fp32, fp16, and bf16 where the GPU has it; fp32 only on the cpu profile). The
+    fields left None take the values of `axes` (its default grid, its first head, its
+    global batch)."""
 
-    fidelities: tuple[Fidelity, ...] = PAPER_FIDELITIES
-    cycles: tuple[tuple[Fidelity, ...], ...] = PAPER_CYCLES
-    backbones: tuple[str, ...] = BACKBONES
-    head: str = "gtad"
+    axes: WorkloadAxes
+    fidelities: tuple[Fidelity, ...] = None  # type: ignore[assignment]
+    cycles: tuple[tuple[Fidelity, ...], ...] = None  # type: ignore[assignment]
+    backbones: tuple[str, ...] = None  # type: ignore[assignment]
+    head: str = None  # type: ignore[assignment]
     batches: tuple[int, ...] = BATCHES
     precisions: tuple[str, ...] | None = None
     checkpointing: tuple[str, ...] = CHECKPOINTING
-    global_batch: int = PAPER_GLOBAL_BATCH
+    global_batch: int = None  # type: ignore[assignment]
     accumulation: bool = True  # False: batch per GPU x world size must equal the global batch
     gpus: int = 1  # per node
     nodes: int = 1
@@ -48,6 +47,13 @@ class GridSpec:
     expandable_segments: tuple[bool, ...] = (False,)  # allocator settings to try (True: expandable segments)
     batchnorm: str = "frozen"  # planner.candidate.BATCHNORM: what the trainer will do with BatchNorm
     search_blocks: bool = True  # where none does not fit: also the smallest fitting blocks:N (block fits) and offload (planner.search)
+
+    def __post_init__(self) -> None:
+        defaults = {"fidelities": self.axes.fidelities, "cycles": self.axes.cycles, "backbones": self.axes.backbones,
+                    "head": self.axes.default_head, "global_batch": self.axes.global_batch}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
 
 def precisions_for(profile: GpuProfile, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -129,28 +135,29 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
 
 
 def select_fidelities(
-    trs: Sequence[int] = (), srs: Sequence[int] = (), names: Sequence[str] = ()
+    axes: WorkloadAxes, trs: Sequence[int] = (), srs: Sequence[int] = (), names: Sequence[str] = ()
 ) -> tuple[tuple[Fidelity, ...], tuple[tuple[Fidelity, ...], ...]]:
-    """(fidelities, cycles) from `--tr`, `--sr` and `--fidelity NAME`.
+    """(fidelities, cycles) from `tr`, `sr` and fidelity names, among the workload's axes.
 
-    Nothing given: the paper's fidelities and the C-LoFi cycle. `--tr`/`--sr`: every
-    TR x SR pair; the one not given takes the paper's values (TR 100, 50, 25; SR 224,
-    158, 112). `--fidelity full|S|T|ST|low|C` adds the named ones (C: the cycle)."""
+    Nothing given: the axes' default fidelities and cycles. `trs`/`srs`: every TR x SR
+    pair; the one not given takes the values of the default fidelities. `names` adds the
+    axes' named fidelities and cycles."""
     if not trs and not srs and not names:
-        return PAPER_FIDELITIES, PAPER_CYCLES
+        return axes.fidelities, axes.cycles
+    named, named_cycles = dict(axes.named_fidelities), dict(axes.named_cycles)
     fidelities: list[Fidelity] = []
     cycles: list[tuple[Fidelity, ...]] = []
     for name in names:
-        if name == CYCLE_NAME:
-            cycles.append(C_LOFI_CYCLE)
-        elif name in NAMED_FIDELITIES:
-            fidelities.append(NAMED_FIDELITIES[name])
+        if name in named_cycles:
+            cycles.append(named_cycles[name])
+        elif name in named:
+            fidelities.append(named[name])
         else:
-            known = ", ".join([*NAMED_FIDELITIES, CYCLE_NAME])
+            known = ", ".join([*named, *named_cycles])
             raise FieldError("fidelity", f"unknown name {name!r}; known: {known}")
     if trs or srs:
-        tr_values = list(trs) or sorted({f.tr for f in PAPER_FIDELITIES}, reverse=True)
-        sr_values = list(srs) or sorted({f.sr for f in PAPER_FIDELITIES}, reverse=True)
+        tr_values = list(trs) or sorted({f.tr for f in axes.fidelities}, reverse=True)
+        sr_values = list(srs) or sorted({f.sr for f in axes.fidelities}, reverse=True)
         for tr in tr_values:
             for sr in sr_values:
                 try:
@@ -182,13 +189,14 @@ def parse_ints(values: Iterable[str], field: str) -> list[int]:
 
 
 def _validate(spec: GridSpec) -> None:
-    if spec.head not in HEADS:
-        raise FieldError("head", f"unknown head {spec.head!r}; choose from {', '.join(HEADS)}")
+    heads, backbones = spec.axes.heads, spec.axes.backbones
+    if spec.head not in heads:
+        raise FieldError("head", f"unknown head {spec.head!r}; choose from {', '.join(heads)}")
     if spec.optimizer not in OPTIMIZERS:
         raise FieldError("optimizer", f"unknown optimizer {spec.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     for backbone in spec.backbones:
-        if backbone not in BACKBONES:
-            raise FieldError("backbones", f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+        if backbone not in backbones:
+            raise FieldError("backbones", f"unknown backbone {backbone!r}; choose from {', '.join(backbones)}")
     for policy in spec.checkpointing:
         try:
             checkpointing.parse(policy)

@@ -1,8 +1,8 @@
-"""`lofi plan --measure`: run finalists for real, each in its own subprocess so that one
+"""Measuring the finalists: run them for real, each in its own subprocess so that one
 out-of-memory error (or a wedged CUDA context) cannot poison the next.
 
 The planner does not import the workload; the caller gives the command that runs one
-candidate (for LoFi: `python -m lofi.measure_step`). That command gets `--candidate JSON`
+candidate of its workload (e.g. `python -m <package>.measure_step`). That command gets `--candidate JSON`
 (planner.plan_file.candidate_to_dict) and prints one JSON object as its last stdout line:
 {"oom", "max_allocated_bytes", "max_reserved_bytes", "nvml_used_bytes", "step_seconds",
 "device", "error"} (planner.plan_file.Measurement).

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from planner.errors import ProfileError
 from planner.hardware import GpuProfile
+from planner.profiles import DEFAULT_GPU
 
 MATCH_TOLERANCE = 0.15  # NVML's total may be a few % below the datasheet figure (reserved, ECC)
 _NVML_SOURCE = "NVML on this machine (nvidia-ml-py)"
@@ -177,12 +178,13 @@ def resolve_target(
     profiles: Sequence[GpuProfile],
     *,
     gpus: int = 1,
-    fallback: str = "v100-32gb",
+    fallback: str = DEFAULT_GPU,
+    fallback_note: str = "",
     detection: Detection | None = None,
 ) -> Target:
     """`--gpu NAME` -> that profile; `--gpu auto` -> the GPU NVML sees here (its memory as
-    NVML reports it), or `fallback` with a notice when there is none (`lofi plan`: the
-    paper's v100-32gb; `lofi train --auto`: cpu)."""
+    NVML reports it), or `fallback` with a notice when there is none (the default
+    profile, or cpu); `fallback_note` says in the notice why that one."""
     by_name = {p.name: p for p in profiles}
     if option.strip().lower() != "auto":
         key = option.strip().lower()
@@ -194,7 +196,7 @@ def resolve_target(
         if fallback not in by_name:
             raise ProfileError(f"no GPU here and no fallback profile {fallback!r} in profiles/gpus")
         notice = f"no NVIDIA GPU visible here ({detection.reason}); planning for {fallback}"
-        notice += " (the paper's hardware)" if fallback == "v100-32gb" else ""
+        notice += f" ({fallback_note})" if fallback_note else ""
         return Target(by_name[fallback], False, (notice + "; --gpu NAME plans for another",), detection)
     first = detection.gpus[0]
     notices = []

@@ -1,4 +1,4 @@
-"""plan.json: what `lofi plan` decided, and everything the trainer needs to build the run.
+"""plan.json: what the planner decided, and everything the trainer needs to build the run.
 
 A versioned schema (SCHEMA, VERSION). Frozen dataclasses <-> JSON; saved atomically;
 loaded strictly: an unknown or missing key, a wrong type or an inconsistent total is a
@@ -41,7 +41,7 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A candidate run for real (`lofi plan --measure`, planner.measure)."""
+    """A candidate run for real (planner.measure)."""
 
     oom: bool
     max_allocated_bytes: int | None = None
@@ -67,8 +67,8 @@ class PlanEntry:
     fits: bool
     reason: str | None
     quality_tier: int
-    quality: str  # one line: the paper's result, or the volume/depth it was ranked by
-    paper_avg_map: float | None = None
+    quality: str  # one line: what its quality rank rests on (Quality.summary)
+    paper_avg_map: float | None = None  # Quality.reported_score (the name is plan.json's)
     measured: Measurement | None = None
 
     @property
@@ -168,7 +168,7 @@ def entries_from_ranking(ranking: Ranking, measured: dict[int, Measurement] | No
             reason=r.reason,
             quality_tier=r.quality.tier,
             quality=r.quality.summary(),
-            paper_avg_map=r.quality.evidence.avg_map if r.quality.evidence else None,
+            paper_avg_map=r.quality.reported_score,
             measured=measured.get(r.rank),
         )
         for r in ranking.ranked
@@ -338,7 +338,7 @@ def _candidate(node: _Node) -> Candidate:
             raise node.fail("cycle", "a cycle candidate has tr, sr and frames_per_snippet null")
         fidelity, cycle = None, tuple(_fidelity(n) for n in cycle_nodes)
         if not cycle:
-            raise node.fail("cycle", "a C-LoFi cycle needs at least one fidelity")
+            raise node.fail("cycle", "a cycle needs at least one fidelity")
     else:
         try:
             fidelity, cycle = Fidelity(node.int("tr", 1), node.int("sr", 1), node.int("frames_per_snippet", 1)), None

@@ -1,4 +1,4 @@
-"""The planning procedure shared by `lofi plan` and `lofi train --auto`: estimate every
+"""The planning procedure shared by the plan command and automatic training: estimate every
 candidate of a grid on a target, rank them, measure the finalists and rank again
 (`--measure`), and turn the ranking into a Plan."""
 
@@ -16,7 +16,6 @@ from planner.hardware import GpuProfile
 from planner.host_links import host_link
 from planner.measure import measure_candidates
 from planner.plan_file import Measurement, Plan, plan_from_ranking
-from planner.quality import load_evidence
 from planner.search import search_blocks, search_offload
 from planner.trace_cache import TraceCache
 from planner.workload import Workload
@@ -26,14 +25,23 @@ MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two 
 
 @dataclass(frozen=True)
 class PlanRequest:
+    """What to plan. `videos_per_epoch` and `dataset` left None take the dataset of the
+    workload's axes (`spec.axes`)."""
+
     spec: GridSpec
     profile: GpuProfile
     margin: float = 0.10
-    videos_per_epoch: int = 9649
-    dataset: str = "ActivityNet-1.3 training"
+    videos_per_epoch: int = None  # type: ignore[assignment]
+    dataset: str = None  # type: ignore[assignment]
     detected: bool = False  # the profile was read from NVML on this machine
     notices: tuple[str, ...] = ()
     max_seconds_per_epoch: float | None = None  # time budget; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.videos_per_epoch is None:
+            object.__setattr__(self, "videos_per_epoch", self.spec.axes.videos_per_epoch)
+        if self.dataset is None:
+            object.__setattr__(self, "dataset", self.spec.axes.dataset)
 
 
 def estimate_and_rank(
@@ -52,7 +60,7 @@ def estimate_and_rank(
 def rank(request: PlanRequest, estimates: Sequence[CandidateEstimate], *, oom: Sequence[Candidate] = ()) -> Ranking:
     """Rank `estimates` on the request's budget (memory less the margin, time per epoch);
     candidates in `oom` ran out of memory when measured and do not fit."""
-    return rank_candidates(estimates, usable_bytes(request.profile, request.margin), load_evidence(),
+    return rank_candidates(estimates, usable_bytes(request.profile, request.margin), request.spec.axes,
                            oom=oom, max_seconds_per_epoch=request.max_seconds_per_epoch)
 
 

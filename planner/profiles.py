@@ -20,7 +20,7 @@ from planner.hardware import GpuProfile
 from planner.strict_json import Node, read_json_document
 
 PROFILES_ENV = "LOFI_PROFILES"
-DEFAULT_GPU = "v100-32gb"  # the paper's hardware (PAPER.md: 4 x V100 32 GB; supp. 1 x V100)
+DEFAULT_GPU = "v100-32gb"  # the target when none is given and none is found (a 32 GB training GPU)
 AVAILABLE = "available"  # the cpu profile's memory_bytes: read the available RAM at run time
 
 _FIELDS = {field.name: field for field in dataclasses.fields(GpuProfile)}

@@ -1,5 +1,5 @@
-"""The one strict reader of lofi's JSON files (plans, configs, profiles, overheads, the
-paper's evidence, annotations, results).
+"""The one strict reader of the project's JSON files (plans, configs, profiles, overheads,
+a workload's evidence, annotations, results).
 
 `read_json_document` reads a file capped in size and depth (`read_json_file`) and turns
 every way it can fail into one error of the caller's type naming the file (missing, a
@@ -162,7 +162,7 @@ def kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-MAX_JSON_BYTES = 1 << 30  # no input of lofi's is near 1 GiB (ActivityNet's results: ~50 MB)
+MAX_JSON_BYTES = 1 << 30  # no input of the project's is near 1 GiB (the largest results files: ~50 MB)
 
 
 _JSON_STARTS = frozenset(bytes([c]) for c in b'{["-0123456789tfn\xef')  # \xef: a UTF-8 byte-order mark

@@ -32,8 +32,6 @@ from planner.hardware import GpuProfile
 from planner.host_links import HostLink
 from planner.overheads import Overheads
 
-ACTIVITYNET_TRAINING_VIDEOS = 9649  # ActivityNet-1.3 training videos available (the issue's default)
-
 
 def sustained_flops(profile: GpuProfile, precision: str, overheads: Overheads) -> float | None:
     """FLOP/s one device sustains in training at `precision`; None if it cannot run it."""
@@ -60,7 +58,7 @@ def time_estimate(
     candidate: Candidate,
     profile: GpuProfile,
     overheads: Overheads,
-    videos_per_epoch: int = ACTIVITYNET_TRAINING_VIDEOS,
+    videos_per_epoch: int,
     transfer_seconds_per_micro_batch: float = 0.0,
 ) -> TimeEstimate | None:
     """One optimizer step = `accumulation` micro-batches per rank, all ranks in parallel;
@@ -97,7 +95,7 @@ def offload_seconds(host_bytes: int, link: HostLink) -> float:
 
 
 def mean_time(estimates: list[TimeEstimate | None]) -> TimeEstimate | None:
-    """A C-LoFi cycle spends equal time at each member fidelity: the mean of its steps."""
+    """A cycle spends equal time at each member fidelity: the mean of its steps."""
     if not estimates or any(e is None for e in estimates):
         return None
     n = len(estimates)

@@ -332,5 +332,5 @@ _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("plann
 
 def active_recorder() -> Recorder | None:
     """The recorder of the step being traced, or None (workloads use it to mark
-    periods and skip repeated work; see lofi.plan_workload)."""
+    periods and skip repeated work, e.g. a chunked encoder's chunks)."""
     return _ACTIVE.get()

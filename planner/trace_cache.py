@@ -30,7 +30,7 @@ _ARRAYS = ("ops", "ids", "sizes", "categories")
 
 
 def cache_root() -> Path:
-    """$LOFI_CACHE, else $XDG_CACHE_HOME/lofi, else ~/.cache/lofi: where lofi keeps
+    """$LOFI_CACHE, else $XDG_CACHE_HOME/lofi, else ~/.cache/lofi: where the project keeps
     what it can rebuild (traces, the synthetic dataset). An XDG_CACHE_HOME that is not
     an absolute path is ignored, as the XDG Base Directory specification says."""
     base = os.environ.get(CACHE_ENV)

@@ -1,9 +1,9 @@
 """What the planner traces: a Workload builds the model, optimizer and inputs of one
 training step for a candidate's shapes. The planner drives the step itself (forward and
 loss under autocast, backward, optimizer step, zero_grad) so that every workload is
-traced the same way the trainer runs it. `lofi.plan_workload` is the real LoFi workload;
-`TorchvisionWorkload` below is a small reference one (tests, docs). The planner never
-imports `lofi`.
+traced the same way the trainer runs it. The trainer's package provides its workload
+(and its axes, `planner.axes`); `TorchvisionWorkload` below is a small reference one
+(tests, docs). The planner never imports a workload's package.
 
 The training step the planner assumes (and the trainer must keep):
 
@@ -41,7 +41,7 @@ class ModelSpec:
     fidelity: Fidelity
     checkpointing: str = "none"
     batchnorm: str = "frozen"  # planner.candidate.BATCHNORM
-    cycle: tuple[Fidelity, ...] = ()  # every fidelity the same model trains at (a C-LoFi cycle), in order
+    cycle: tuple[Fidelity, ...] = ()  # every fidelity the same model trains at (a cycle), in order
 
     @property
     def traced(self) -> ModelSpec:
@@ -87,7 +87,7 @@ class StepSpec:
 
 
 def step_specs(candidate: Candidate, target: str) -> tuple[StepSpec, ...]:
-    """The step of each fidelity the candidate trains at (one, or a C-LoFi cycle's)."""
+    """The step of each fidelity the candidate trains at (one, or each of its cycle's)."""
     checkpointing.parse(candidate.checkpointing)
     return tuple(
         StepSpec(
@@ -131,7 +131,7 @@ class Workload(Protocol):
 
 
 # The plan's optimizer names (planner.candidate.OPTIMIZERS) -> (torch optimizer, momentum).
-# PAPER.md, "LoFi optimisation": SGD, momentum 0; sgd_momentum is the common 0.9.
+# sgd: momentum 0 (no optimizer state); sgd_momentum: the common 0.9.
 OPTIMIZER_SETTINGS = {"sgd": ("sgd", 0.0), "sgd_momentum": ("sgd", 0.9), "adam": ("adam", 0.0)}
 
 
@@ -168,8 +168,8 @@ def optimizer_name(name: str, momentum: float) -> str:
 def sgd_or_adam(model: nn.Module, step: StepSpec, *, lr: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
     """The optimizer traced for `step` (`build_optimizer` with the plan's optimizer) with
     the implementation PyTorch picks by default on the target: foreach (multi-tensor) on
-    CUDA, per-tensor on CPU. Paper: SGD, momentum 0, weight decay 1e-4 (PAPER.md, "LoFi
-    optimisation"). The learning rate changes no allocation."""
+    CUDA, per-tensor on CPU. Weight decay 1e-4 by default. The learning rate changes no
+    allocation."""
     if step.optimizer not in OPTIMIZER_SETTINGS:
         raise ValueError(f"unknown optimizer {step.optimizer!r}")
     name, momentum = OPTIMIZER_SETTINGS[step.optimizer]

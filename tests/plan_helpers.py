@@ -3,13 +3,13 @@ dataclasses (what `planner.estimate` returns), not mocks of it."""
 
 from __future__ import annotations
 
+from lofi.plan_axes import LOFI_AXES
 from planner.candidate import Candidate
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
-from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET
+from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET
 from planner.plan_file import Plan, plan_from_ranking
 from planner.profiles import get_profile
-from planner.quality import load_evidence
 
 GiB = 2**30
 
@@ -42,7 +42,7 @@ def make_plan(measured=None) -> Plan:
         estimate(cand(FULL, "tsm_r50"), 90.0),
         estimate(cand(LOW_BUDGET, batch=16), 12.0, 3.0),
     ]
-    ranking = rank_candidates(estimates, usable_bytes(v100, 0.1), load_evidence())
+    ranking = rank_candidates(estimates, usable_bytes(v100, 0.1), LOFI_AXES)
     return plan_from_ranking(
         ranking, v100, margin=0.1, global_batch=16, videos_per_epoch=9649,
         dataset="ActivityNet-1.3 training (default)", notices=("no GPU here: planned for v100-32gb",),

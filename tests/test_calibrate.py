@@ -46,7 +46,7 @@ def test_a_failing_row_is_recorded_not_fatal(tmp_path):
 @pytest.mark.gpu
 def test_measure_step_bisects_the_needed_capacity_on_cuda():
     from plan_helpers import cand
-    from planner.fidelity import LOW_BUDGET
+    from lofi.fidelities import LOW_BUDGET
     from planner.plan_file import candidate_to_dict
 
     document = json.dumps(candidate_to_dict(cand(LOW_BUDGET, batch=2)))

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from lofi.plan_axes import LOFI_AXES
 from planner.choose import (
     NothingFits,
     rank_candidates,
@@ -17,10 +18,10 @@ from planner.choose import (
 )
 from planner.errors import NothingFitsError, PlannerError
 from planner.estimates import CandidateEstimate
-from planner.fidelity import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
+from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec
 from planner.profiles import get_profile
-from planner.quality import load_evidence, rank_quality
+from lofi.quality import load_evidence, rank_quality
 from plan_helpers import GiB, cand, estimate
 
 V100 = get_profile("v100-32gb")
@@ -65,7 +66,7 @@ def test_best_is_highest_quality_that_fits_then_fastest():
         estimate(cand(FULL, "tsm_r18", batch=2, checkpointing="block", precision="fp16"), 22.0, step_seconds=20.0),
         estimate(cand(LOW_BUDGET, "tsm_r18", batch=16), 12.0, step_seconds=5.0),
     ]
-    ranking = rank_candidates(estimates, USABLE, EVIDENCE)
+    ranking = rank_candidates(estimates, USABLE, LOFI_AXES)
     chosen = require_choice(ranking, V100)
     assert chosen.candidate == estimates[2].candidate and chosen.rank == 1 and chosen.reason is None
     reasons = {r.candidate: r.reason for r in ranking.ranked}
@@ -83,7 +84,7 @@ def test_ties_in_time_go_to_larger_batch_less_recomputation_half_precision():
     c = estimate(cand(T_LOFI, batch=4, checkpointing="none"), 10, same)
     d = estimate(cand(T_LOFI, batch=4, checkpointing="none", precision="fp16"), 10, same)
     assert seconds_per_video(a) == seconds_per_video(d)
-    ranking = rank_candidates([a, b, c, d], USABLE, EVIDENCE)
+    ranking = rank_candidates([a, b, c, d], USABLE, LOFI_AXES)
     assert [r.estimate for r in ranking.ranked] == [d, c, b, a]
     assert ranking.ranked[1].reason == "slower: fp32 vs fp16"
     assert ranking.ranked[3].reason == "slower: smaller batch per GPU (2 vs 4)"
@@ -93,14 +94,14 @@ def test_fit_is_inclusive_at_the_margin():
     exact = estimate(cand(LOW_BUDGET), USABLE / GiB)
     assert exact.memory.total == USABLE
     over = CandidateEstimate(exact.candidate, replace(exact.memory, context=exact.memory.context + 1), exact.time)
-    assert rank_candidates([exact], USABLE, EVIDENCE).chosen is not None
-    assert rank_candidates([over], USABLE, EVIDENCE).chosen is None
+    assert rank_candidates([exact], USABLE, LOFI_AXES).chosen is not None
+    assert rank_candidates([over], USABLE, LOFI_AXES).chosen is None
 
 
 def test_nothing_fits_exits_3_with_the_smallest_requirement_and_levers():
-    spec = GridSpec(accumulation=False, precisions=("fp32",), checkpointing=("none",))
+    spec = GridSpec(LOFI_AXES, accumulation=False, precisions=("fp32",), checkpointing=("none",))
     estimates = [estimate(cand(FULL, batch=16), 300.0), estimate(cand(LOW_BUDGET, batch=16), 40.0)]
-    ranking = rank_candidates(estimates, USABLE, EVIDENCE)
+    ranking = rank_candidates(estimates, USABLE, LOFI_AXES)
     assert ranking.chosen is None and all(not r.fits for r in ranking.ranked)
     with pytest.raises(NothingFits) as raised:
         require_choice(ranking, V100, spec)
@@ -118,26 +119,26 @@ def test_nothing_fits_exits_3_with_the_smallest_requirement_and_levers():
 
 
 def test_a_time_budget_rejects_slower_candidates_with_the_reason():
-    from planner.fidelity import T_LOFI
+    from lofi.fidelities import T_LOFI
 
     usable = usable_bytes(get_profile("v100-32gb"), 0.1)
     slow_best = estimate(cand(FULL, batch=1, checkpointing="block"), 20.0, step_seconds=30.0)
     fast = estimate(cand(T_LOFI, batch=2), 10.0, step_seconds=1.0)
     budget = 3600.0  # fast: 9649 / 16 steps x 1 s = 10 min; slow: 5 h
-    ranking = rank_candidates([slow_best, fast], usable, load_evidence(), max_seconds_per_epoch=budget)
+    ranking = rank_candidates([slow_best, fast], usable, LOFI_AXES, max_seconds_per_epoch=budget)
     assert ranking.chosen.candidate == fast.candidate
     rejected = next(r for r in ranking.ranked if r.candidate == slow_best.candidate)
     assert not rejected.fits and rejected.reason.startswith("too slow")
-    without = rank_candidates([slow_best, fast], usable, load_evidence())
+    without = rank_candidates([slow_best, fast], usable, LOFI_AXES)
     assert without.chosen.candidate == slow_best.candidate
 
 
 def test_nothing_within_the_time_budget_names_the_fastest():
-    from planner.fidelity import T_LOFI
+    from lofi.fidelities import T_LOFI
 
     usable = usable_bytes(get_profile("v100-32gb"), 0.1)
     fast = estimate(cand(T_LOFI, batch=2), 10.0, step_seconds=1.0)
-    ranking = rank_candidates([fast], usable, load_evidence(), max_seconds_per_epoch=60.0)
+    ranking = rank_candidates([fast], usable, LOFI_AXES, max_seconds_per_epoch=60.0)
     with pytest.raises(NothingFitsError, match="time budget") as info:
         require_choice(ranking, get_profile("v100-32gb"))
     assert info.value.exit_code == 3
@@ -148,13 +149,12 @@ def test_a_step_that_releases_the_cache_every_time_ranks_after_one_that_does_not
 
     from plan_helpers import cand, estimate
     from planner.choose import rank_candidates
-    from planner.fidelity import LOW_BUDGET
-    from planner.quality import load_evidence
+    from lofi.fidelities import LOW_BUDGET
 
     fast = estimate(cand(LOW_BUDGET, batch=16), 12.0, 1.0)
     releasing = dataclasses.replace(fast, memory=dataclasses.replace(fast.memory, cache_releases_per_step=2))
     slower = estimate(cand(LOW_BUDGET, batch=8), 10.0, 2.0)
-    ranking = rank_candidates([releasing, slower], 28 * 2**30, load_evidence())
+    ranking = rank_candidates([releasing, slower], 28 * 2**30, LOFI_AXES)
     assert ranking.chosen.estimate is slower  # estimated slower, but it does not release
     (other,) = [r for r in ranking.ranked if r.estimate is releasing]
     assert other.reason.startswith("slower: releases the allocator's cache 2 time(s) every step")

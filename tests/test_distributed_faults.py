@@ -116,7 +116,7 @@ def _oom_on_rank_one(rank: int, port: int, folder: str, paths) -> None:
 
 
 def test_an_oom_on_one_rank_is_agreed_on_and_every_rank_falls_back_together(tmp_path):
-    from planner.choose import describe
+    from lofi.plan_axes import describe
 
     paths = make_tiny_dataset(tmp_path / "data")
     second = tiny_candidate(batch_per_gpu=1, gpus=2, accumulation=2)  # the candidate the ranks fall back to

@@ -25,6 +25,7 @@ from planner.workload import ModelSpec, StepSpec, TorchvisionWorkload
 GiB = 1 << 30
 SMALL, LARGE = Fidelity(1, 64), Fidelity(1, 96)
 
+VIDEOS = 9649  # videos per epoch (ActivityNet-1.3 training, the LoFi default)
 V100 = GpuProfile(
     name="test-v100", display_name="test V100", memory_bytes=32 * GiB, fp32_tflops=15.7, fp16_tflops=125.0,
     bf16_tflops=None, bandwidth_gbps=900.0, source="test", hourly_usd=2.0, price_source="test",
@@ -51,7 +52,7 @@ def workload():
 
 
 def test_memory_estimate_adds_up(workload, cache):
-    estimate = estimate_candidate(candidate(precision="fp16"), workload, V100, cache=cache)
+    estimate = estimate_candidate(candidate(precision="fp16"), workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     memory = estimate.memory
     overheads = load_overheads()
     assert memory.source == "estimated" and memory.calibration == overheads.label
@@ -68,7 +69,7 @@ def test_memory_estimate_adds_up(workload, cache):
 
 
 def test_ddp_and_nccl_only_with_several_gpus(workload, cache):
-    one, four = estimate_grid([candidate(), candidate(gpus=4)], workload, V100, cache=cache)
+    one, four = estimate_grid([candidate(), candidate(gpus=4)], workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     overheads = load_overheads()
     assert four.memory.nccl == nccl_bytes(4, overheads)
     cap = int(overheads.ddp_bucket_cap_bytes.value)
@@ -80,20 +81,20 @@ def test_ddp_and_nccl_only_with_several_gpus(workload, cache):
 
 
 def test_accumulation_keeps_gradients_alive(workload, cache):
-    single, accumulated = estimate_grid([candidate(), candidate(accumulation=4)], workload, V100, cache=cache)
+    single, accumulated = estimate_grid([candidate(), candidate(accumulation=4)], workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     assert accumulated.memory.allocated_peak >= single.memory.allocated_peak
     assert accumulated.time.seconds_per_step == pytest.approx(4 * single.time.seconds_per_step)
 
 
 def test_cycle_takes_the_largest_member_and_mean_time(workload, cache):
     cycle = Candidate("resnet18", "none", 2, cycle=(SMALL, LARGE))
-    small, large, both = estimate_grid([candidate(), candidate(fidelity=LARGE), cycle], workload, V100, cache=cache)
+    small, large, both = estimate_grid([candidate(), candidate(fidelity=LARGE), cycle], workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     assert both.memory == max(small.memory, large.memory, key=lambda m: m.total)
     assert both.time.seconds_per_step == pytest.approx((small.time.seconds_per_step + large.time.seconds_per_step) / 2)
 
 
 def test_time_scales_with_flops(workload, cache):
-    small, large = estimate_grid([candidate(batch=2), candidate(batch=4)], workload, V100, cache=cache)
+    small, large = estimate_grid([candidate(batch=2), candidate(batch=4)], workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     ratio = large.time.flops_per_step / small.time.flops_per_step
     assert 1.9 < ratio < 2.1  # FLOPs ~ batch
     assert large.time.seconds_per_step / small.time.seconds_per_step == pytest.approx(ratio)
@@ -104,16 +105,16 @@ def test_time_scales_with_flops(workload, cache):
 
 
 def test_faster_gpu_and_precision_take_less_time(workload, cache):
-    fp32, fp16 = estimate_grid([candidate(), candidate(precision="fp16")], workload, V100, cache=cache)
+    fp32, fp16 = estimate_grid([candidate(), candidate(precision="fp16")], workload, V100, videos_per_epoch=VIDEOS, cache=cache)
     assert fp16.time.seconds_per_step < fp32.time.seconds_per_step
-    h100 = estimate_candidate(candidate(precision="bf16"), workload, H100, cache=cache)
+    h100 = estimate_candidate(candidate(precision="bf16"), workload, H100, videos_per_epoch=VIDEOS, cache=cache)
     assert h100.time.seconds_per_step < fp16.time.seconds_per_step
     assert h100.memory.workspace > fp16.memory.workspace  # 32 MiB cuBLAS workspaces from sm90 on
-    assert estimate_candidate(candidate(precision="bf16"), workload, V100, cache=cache).time is None
+    assert estimate_candidate(candidate(precision="bf16"), workload, V100, videos_per_epoch=VIDEOS, cache=cache).time is None
 
 
 def test_cpu_target_uses_the_plain_allocator(workload, cache):
-    estimate = estimate_candidate(candidate(), workload, CPU, cache=cache)
+    estimate = estimate_candidate(candidate(), workload, CPU, videos_per_epoch=VIDEOS, cache=cache)
     assert estimate.memory.allocator_slack == 0 and estimate.memory.context == 0 and estimate.memory.workspace == 0
 
 
@@ -126,9 +127,9 @@ def test_needed_capacity_does_not_depend_on_the_device(workload, cache):
     from planner.workload import step_specs
 
     c = candidate(batch=8, fidelity=LARGE)
-    roomy = estimate_candidate(c, workload, V100, cache=cache).memory
+    roomy = estimate_candidate(c, workload, V100, videos_per_epoch=VIDEOS, cache=cache).memory
     small = dataclasses.replace(V100, memory_bytes=roomy.allocated_peak + roomy.context)
-    assert estimate_candidate(c, workload, small, cache=cache).memory == roomy
+    assert estimate_candidate(c, workload, small, videos_per_epoch=VIDEOS, cache=cache).memory == roomy
     assert roomy.allocated_peak <= roomy.needed_capacity <= roomy.reserved_peak
     trace = Tracer(workload).trace(step_specs(c, "cuda")[0].canonical(), 8)
     step = step_memory(trace, 1, "cuda", workspaces(V100, load_overheads()))
@@ -158,12 +159,12 @@ def test_trace_cache_round_trip_and_invalidation(tmp_path, workload):
 def test_grid_traces_each_step_once_and_reuses_the_disk_cache(tmp_path, workload):
     candidates = [candidate(batch=b, precision=p) for b in (1, 2, 4, 8) for p in ("fp32", "fp16", "bf16")]
     calls = []
-    first = estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path), progress=lambda d, t: calls.append((d, t)))
+    first = estimate_grid(candidates, workload, H100, videos_per_epoch=VIDEOS, cache=TraceCache(tmp_path), progress=lambda d, t: calls.append((d, t)))
     files = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")}
     assert len(files) == 2 * len(TRACE_BATCHES)  # fp32 and fp16 (= bf16), at the traced batch sizes
     assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] > len(candidates)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    again = estimate_grid(candidates, workload, H100, cache=TraceCache(tmp_path))
+    again = estimate_grid(candidates, workload, H100, videos_per_epoch=VIDEOS, cache=TraceCache(tmp_path))
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")} == files  # read, not traced again
     assert [e.memory for e in again] == [e.memory for e in first]
 

@@ -4,19 +4,19 @@ which entries are its points, which fit, which are Pareto-optimal, which is chos
 from __future__ import annotations
 
 from plan_helpers import cand, estimate
+from lofi.plan_axes import LOFI_AXES
 from planner.choose import rank_candidates, usable_bytes
-from planner.fidelity import LOW_BUDGET, ST_LOFI
+from lofi.fidelities import LOW_BUDGET, ST_LOFI
 from planner.frontier import frontier, plan_frontier
 from planner.plan_file import plan_from_ranking
 from planner.profiles import get_profile
-from planner.quality import load_evidence
 
 V100 = get_profile("v100-32gb")
 GiB = 2**30
 
 
 def _plan(estimates):
-    ranking = rank_candidates(estimates, usable_bytes(V100, 0.1), load_evidence())
+    ranking = rank_candidates(estimates, usable_bytes(V100, 0.1), LOFI_AXES)
     return plan_from_ranking(ranking, V100, margin=0.1, global_batch=16, videos_per_epoch=9649, dataset="test")
 
 

@@ -15,6 +15,7 @@ from lofi.models.lofi_model import build_lofi_model
 from lofi.plan_workload import LofiWorkload
 from planner.allocator import ALLOC
 from planner.candidate import Candidate
+from planner.axes import WorkloadAxes
 from planner.choose import rank_candidates
 from planner.errors import ProfileError
 from planner.estimate import estimate_grid, pinned_block
@@ -119,7 +120,7 @@ def test_head_checkpointing_lowers_the_peak_and_extrapolates(tracer):
 def test_estimate_adds_transfer_time_and_pinned_host_memory():
     candidates = [Candidate("tsm_r18", "gtad", 2, fidelity=TINY, accumulation=8, checkpointing=p)
                   for p in ("none", "offload")]
-    none, offload = estimate_grid(candidates, LofiWorkload(), V100, cache=TraceCache.in_memory(), workers=1)
+    none, offload = estimate_grid(candidates, LofiWorkload(), V100, videos_per_epoch=9649, cache=TraceCache.in_memory(), workers=1)
     traced = Tracer(LofiWorkload()).trace(step("offload").canonical(), 2)
     assert offload.memory.activations < none.memory.activations
     assert offload.memory.host_pinned == sum(pinned_block(n) for n in traced.host_sizes) >= traced.host_bytes
@@ -170,12 +171,12 @@ def test_offload_is_chosen_only_where_nothing_faster_fits():
     candidates = [Candidate("tsm_r18", "gtad", 2, fidelity=TINY, accumulation=8, precision="fp16", checkpointing=p)
                   for p in policies]
     estimates = {e.candidate.checkpointing: e for e in estimate_grid(candidates, LofiWorkload(), V100,
-                                                                      cache=TraceCache.in_memory(), workers=1)}
+                                                                      videos_per_epoch=9649, cache=TraceCache.in_memory(), workers=1)}
     seconds = {p: e.time.seconds_per_step for p, e in estimates.items()}
     assert seconds["offload"] > seconds["none"]  # the same work plus the copies
     totals = sorted({e.memory.total for e in estimates.values()})
     for usable in [*totals, totals[-1] + 1]:  # budgets at which one more policy fits each time
-        chosen = rank_candidates(list(estimates.values()), usable, ()).chosen
+        chosen = rank_candidates(list(estimates.values()), usable, WorkloadAxes()).chosen
         fitting = [p for p, e in estimates.items() if e.memory.total <= usable]
         assert chosen.candidate.checkpointing == min(fitting, key=seconds.get)
         if chosen.candidate.checkpointing == "offload":

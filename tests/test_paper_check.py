@@ -15,15 +15,15 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from lofi.plan_axes import LOFI_AXES
 from lofi.cli import main
 from lofi.plan_workload import lofi_workload
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
-from planner.fidelity import FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
+from lofi.fidelities import FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec, build_grid
 from planner.plan_file import load_plan
 from planner.profiles import get_profile
-from planner.quality import load_evidence
 
 V100 = get_profile("v100-32gb")
 USABLE = usable_bytes(V100, 0.10)
@@ -31,7 +31,7 @@ PAPER = dict(cycles=(), precisions=("fp32",), checkpointing=("none",), accumulat
 
 
 def fits_under_paper_constraints(gpus: int, backbones: tuple[str, ...]) -> dict[tuple[str, str], bool]:
-    spec = GridSpec(fidelities=(FULL, S_LOFI, T_LOFI, ST_LOFI, LOW_BUDGET), backbones=backbones, gpus=gpus, **PAPER)
+    spec = GridSpec(LOFI_AXES, fidelities=(FULL, S_LOFI, T_LOFI, ST_LOFI, LOW_BUDGET), backbones=backbones, gpus=gpus, **PAPER)
     candidates = build_grid(spec, V100)
     assert all(c.global_batch == 16 and c.accumulation == 1 and c.batch_per_gpu == 16 // gpus for c in candidates)
     estimates = estimate_grid(candidates, lofi_workload(), V100, videos_per_epoch=9649)
@@ -82,7 +82,7 @@ def test_allowing_checkpointing_accumulation_and_half_precision_buys_quality(tmp
 
 @pytest.mark.parametrize("gpus", [1, 4])
 def test_ranking_under_paper_constraints_never_chooses_what_does_not_fit(gpus):
-    spec = GridSpec(fidelities=(FULL, LOW_BUDGET), backbones=("tsm_r18",), gpus=gpus, **PAPER)
+    spec = GridSpec(LOFI_AXES, fidelities=(FULL, LOW_BUDGET), backbones=("tsm_r18",), gpus=gpus, **PAPER)
     estimates = estimate_grid(build_grid(spec, V100), lofi_workload(), V100, videos_per_epoch=9649)
-    ranking = rank_candidates(estimates, USABLE, load_evidence())
+    ranking = rank_candidates(estimates, USABLE, LOFI_AXES)
     assert ranking.chosen is not None and ranking.chosen.candidate.fidelity == LOW_BUDGET

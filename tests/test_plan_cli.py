@@ -151,7 +151,7 @@ def _script(body: str) -> list[str]:
 def test_measure_runs_each_candidate_in_its_own_subprocess():
     from planner.measure import measure_candidates
     from plan_helpers import cand
-    from planner.fidelity import LOW_BUDGET, T_LOFI
+    from lofi.fidelities import LOW_BUDGET, T_LOFI
 
     body = (
         "import json, sys; c = json.loads(sys.argv[sys.argv.index('--candidate') + 1]); "
@@ -169,7 +169,7 @@ def test_measure_runs_each_candidate_in_its_own_subprocess():
 def test_measure_failures_are_results_not_crashes():
     from planner.measure import measure_candidate
     from plan_helpers import cand
-    from planner.fidelity import LOW_BUDGET
+    from lofi.fidelities import LOW_BUDGET
 
     crashed = measure_candidate(cand(LOW_BUDGET), _script("import sys; sys.stderr.write('boom\\n'); sys.exit(1)"))
     assert not crashed.oom and crashed.error == "no result: boom"
@@ -192,7 +192,7 @@ def test_measure_needs_a_gpu(tmp_path):
 @pytest.mark.gpu
 def test_measure_step_runs_two_real_training_steps_on_cuda():
     from plan_helpers import cand
-    from planner.fidelity import LOW_BUDGET
+    from lofi.fidelities import LOW_BUDGET
     from planner.measure import measure_candidate
 
     result = measure_candidate(cand(LOW_BUDGET, batch=2), [sys.executable, "-m", "lofi.measure_step"])

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from planner.errors import PlanFileError
-from planner.fidelity import C_LOFI_CYCLE
+from lofi.fidelities import C_LOFI_CYCLE
 from planner.plan_file import (
     SCHEMA,
     VERSION,

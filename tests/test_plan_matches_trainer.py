@@ -88,6 +88,7 @@ def _trainer_allocated_peak(candidate: Candidate, recipe: OptimConfig) -> int:
 def test_trainer_step_allocates_the_planned_peak(optimizer, recipe, batchnorm, checkpointing):
     candidate = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=2, fidelity=FIDELITY,
                           optimizer=optimizer, batchnorm=batchnorm, checkpointing=checkpointing)
-    planned = estimate_candidate(candidate, lofi_workload(), get_profile("cpu"), cache=TraceCache.in_memory())
+    planned = estimate_candidate(candidate, lofi_workload(), get_profile("cpu"), videos_per_epoch=9649,
+                                 cache=TraceCache.in_memory())
     measured = _trainer_allocated_peak(candidate, recipe)
     assert measured == pytest.approx(planned.memory.allocated_peak, rel=0.01)

@@ -11,7 +11,8 @@ import torch
 from lofi.plan_workload import LofiWorkload
 from planner.allocator import replay
 from planner.autocast_rules import CudaAutocastEmulation
-from planner.fidelity import T_LOFI, Fidelity
+from lofi.fidelities import T_LOFI
+from planner.fidelity import Fidelity
 from planner.synthesis import expand_periods, extrapolate, steady_state
 from planner.trace import ACTIVATION, INPUT
 from planner.tracer import Tracer

@@ -19,7 +19,7 @@ from planner.profiles import (
     profile_from_dict,
     profiles_dir,
 )
-from planner.quality import load_evidence
+from lofi.quality import load_evidence
 
 GiB = 2**30
 EXPECTED = {

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from planner.axes import WorkloadAxes
 from planner.candidate import Candidate
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
@@ -37,7 +38,8 @@ def setting():
     policies = ["none", *(f"blocks:{n}" for n in range(1, count + 1)), "block"]
 
     def everything(profile):
-        found = estimate_grid([_candidate(p) for p in policies], workload, profile, cache=cache, workers=1)
+        found = estimate_grid([_candidate(p) for p in policies], workload, profile, videos_per_epoch=1000, cache=cache,
+                              workers=1)
         return {e.candidate.checkpointing: e for e in found}
 
     roomy = everything(BIG)
@@ -65,7 +67,7 @@ def test_search_finds_the_smallest_fitting_n(setting):
 
     def estimate(candidates):
         asked.append([c.checkpointing for c in candidates])
-        return estimate_grid(candidates, workload, profile, cache=cache, workers=1)
+        return estimate_grid(candidates, workload, profile, videos_per_epoch=1000, cache=cache, workers=1)
 
     grid = [brute["none"], brute["block"]]
     found = search_blocks(grid, workload, usable, estimate)
@@ -75,7 +77,7 @@ def test_search_finds_the_smallest_fitting_n(setting):
     assert min(e.candidate.policy.size for e in fitting) == smallest
     assert f"blocks:{smallest - 1}" in {e.candidate.checkpointing for e in found}  # its neighbour was tried
     # and the ranking chooses it: the fastest that fits (less recomputation than block)
-    ranking = rank_candidates([*grid, *found], usable, ())
+    ranking = rank_candidates([*grid, *found], usable, WorkloadAxes())
     assert ranking.chosen is not None and ranking.chosen.candidate.checkpointing == f"blocks:{smallest}"
     assert len(ranking.ranked) == 2 + len(found)  # every estimated policy is kept
 

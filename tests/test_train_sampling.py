@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.fidelity import S_LOFI, ST_LOFI, T_LOFI
+from lofi.fidelities import S_LOFI, ST_LOFI, T_LOFI
 from lofi.train.loop import FidelityBatchSampler, fidelity_for_batch
 
 CYCLE = (S_LOFI, T_LOFI, ST_LOFI)

@@ -56,14 +56,16 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     from lofi.cli.plan_render import render_report
     from lofi.cli.plan_report import report_from_plan, report_from_request
     from lofi.plan_request import check_measurable, plan_lofi, plan_request
+    from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
     from planner.nvml import resolve_target
     from planner.plan_file import plan_to_dict, save_plan
     from planner.planning import plan_from_request
     from planner.profiles import list_profiles
 
-    fidelities, cycles = select_fidelities(parse_ints(tr, "tr"), parse_ints(sr, "sr"), parse_list(fidelity_names, "fidelity"))
+    fidelities, cycles = select_fidelities(LOFI_AXES, parse_ints(tr, "tr"), parse_ints(sr, "sr"), parse_list(fidelity_names, "fidelity"))
     spec = GridSpec(
+        LOFI_AXES,
         fidelities=fidelities,
         cycles=cycles,
         backbones=tuple(parse_list(backbones, "backbones")) or GridSpec.backbones,
@@ -85,7 +87,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
 
         writable(plot, "--plot")
         check_frontier_plot(plot)
-    target = resolve_target(gpu_name, list_profiles(), gpus=gpus)
+    target = resolve_target(gpu_name, list_profiles(), gpus=gpus, fallback_note="the paper's hardware")
     request = plan_request(spec, target, margin=margin, videos=videos, annotations=annotations,
                            max_epoch_hours=max_epoch_hours)
     for notice in target.notices:
@@ -117,7 +119,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
 
 def _measured(candidate, result) -> None:
     from lofi.cli.console import err_console
-    from planner.choose import describe
+    from lofi.plan_axes import describe
 
     state = "OOM" if result.oom else (f"error: {result.error}" if result.error
                                       else f"{(result.nvml_used_bytes or 0) / 2**30:.1f} GiB used")

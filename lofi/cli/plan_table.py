@@ -12,7 +12,7 @@ from lofi.cli.plan_report import Report
 from planner.candidate import Candidate
 from planner.choose import hours
 from planner.estimates import MemoryEstimate
-from planner.fidelity import C_LOFI_CYCLE, NAMED_FIDELITIES
+from lofi.fidelities import C_LOFI_CYCLE, NAMED_FIDELITIES
 from planner.plan_file import PlanEntry
 
 GIB = 2**30

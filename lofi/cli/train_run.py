@@ -64,7 +64,7 @@ def train_request(options: dict[str, Any]):
 
 
 def _render_plan(plan, config) -> None:
-    from planner.choose import describe
+    from lofi.plan_axes import describe
 
     chosen = "baseline (no LoFi stage)" if config.baseline else describe(plan.chosen)
     err_console.print(f"[bold]plan[/] on {plan.hardware.display_name}: {chosen}", highlight=False)

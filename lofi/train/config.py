@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lofi.errors import InputFileError, OptionError
+from lofi.plan_axes import LOFI_AXES
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec
 from planner.strict_json import Node, build_dataclass, read_json_document
@@ -190,6 +191,7 @@ SYNTH_STRIDE = 8
 # memory and the time budget.
 CPU_S = Fidelity(16, 32, 4)
 CPU_GRID = GridSpec(
+    LOFI_AXES,
     fidelities=(CPU_S,),
     cycles=(),
     backbones=("tsm_r18",),

@@ -326,7 +326,7 @@ def _planned(plan: Plan, candidate: Candidate) -> int | None:
 
 
 def _describe(candidate: Candidate) -> str:
-    from planner.choose import describe
+    from lofi.plan_axes import describe
 
     return describe(candidate)
 

@@ -16,7 +16,8 @@ from lofi.train.config import (
     requested_bn_mode,
 )
 from planner.candidate import Candidate
-from planner.fidelity import FULL, Fidelity
+from lofi.fidelities import FULL
+from planner.fidelity import Fidelity
 from planner.plan_file import Plan
 
 
@@ -124,6 +125,7 @@ def auto_plan(
     does (a busy machine still trains, slower); a notice says how long an epoch takes."""
     from lofi.plan_workload import lofi_workload
     from planner.cpu_speed import with_measured_speed
+    from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec
     from planner.nvml import resolve_target
     from planner.planning import PlanRequest, make_plan
@@ -143,7 +145,7 @@ def auto_plan(
                                                       for f in CPU_GRID.fidelities)))
         target_seconds = CPU_EPOCH_BUDGET_SECONDS
     else:
-        base = GridSpec()
+        base = GridSpec(LOFI_AXES)
         spec = replace(
             base, gpus=options.gpus, nodes=options.nodes, head=options.head,
             backbones=options.backbones or base.backbones, batchnorm=options.batchnorm,

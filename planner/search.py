@@ -5,7 +5,7 @@ precision (x the grid's other settings), `none` if it fits; else the smallest N 
 `blocks:N` checkpoints the first N blocks of one fixed order (the workload's
 `checkpoint_order`), so the sets are nested and the memory of the step does not grow
 with N (up to ripples where the peak has left the checkpointed blocks: +0.06 GiB at
-the end of TSM-R50's order, benchmarks/search_check.py --brute; the search can miss a
+the end of one 16-block encoder's order, benchmarks/search_check.py --brute; the search can miss a
 smaller N only inside such a ripple); whether it fits is the planner's verdict (needed capacity plus what lives
 outside the allocator, `MemoryEstimate.total`, against the usable bytes). So the
 smallest fitting N lies between 0 (`none`, which does not fit) and the number of blocks

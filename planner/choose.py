@@ -22,7 +22,7 @@ from planner import checkpointing
 from planner.axes import WorkloadAxes
 from planner.candidate import Candidate
 from planner.errors import FieldError, NothingFitsError, PlannerError, Setting, field_setting
-from planner.estimates import CandidateEstimate
+from planner.estimate_types import CandidateEstimate
 from planner.grid import GridSpec
 from planner.hardware import GpuProfile
 from planner.quality import Quality, config_key

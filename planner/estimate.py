@@ -2,7 +2,7 @@
 not see.
 
 For each fidelity a candidate trains at (one, or each member of its cycle):
-  1. traces of one training step at batch sizes 2 and 3 (`planner.tracer`, cached on disk
+  1. traces of one training step at batch sizes 2 and 3 (`planner.step_tracer`, cached on disk
      by `planner.trace_cache`; missing ones traced in worker processes), extrapolated to
      the candidate's batch size (`synthesis.extrapolate`: sizes are affine in the batch)
      and, for chunked checkpointing, with the skipped chunks filled in (`expand_periods`);
@@ -42,7 +42,7 @@ from planner.allocator import ReplayResult, needed_capacity, replay
 from planner import checkpointing
 from planner.candidate import Candidate
 from planner.choose import DEFAULT_MARGIN, usable_bytes
-from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.hardware import GpuProfile
 from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
 from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
@@ -50,7 +50,7 @@ from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops
 from planner.host_links import host_link
 from planner.timing import mean_time, offload_seconds, time_estimate
 from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
-from planner.tracer import Tracer
+from planner.step_tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
 from planner.workload import ModelSpec, StepSpec, Workload, step_specs
 

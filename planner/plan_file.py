@@ -19,7 +19,7 @@ from planner.atomic_files import atomic_write_text
 from planner.candidate import Candidate
 from planner.choose import Ranking
 from planner.errors import PlanFileError
-from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 from planner.strict_json import Node as _Node

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from planner.candidate import Candidate
 from planner.choose import Ranking, rank_candidates, require_choice, usable_bytes
 from planner.estimate import estimate_grid, shared_workers
-from planner.estimates import CandidateEstimate
+from planner.estimate_types import CandidateEstimate
 from planner.grid import GridSpec, build_grid
 from planner.hardware import GpuProfile
 from planner.host_links import host_link

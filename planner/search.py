@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from planner.candidate import Candidate
-from planner.estimates import CandidateEstimate
+from planner.estimate_types import CandidateEstimate
 from planner.host_links import HostLink
 from planner.timing import offload_seconds
 from planner.workload import Workload, step_specs

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 
 from planner.candidate import Candidate
-from planner.estimates import TimeEstimate
+from planner.estimate_types import TimeEstimate
 from planner.hardware import GpuProfile
 from planner.host_links import HostLink
 from planner.overheads import Overheads

@@ -18,7 +18,7 @@ and backward) records a cuDNN workspace block, allocated after its outputs and f
 its end, with size 0 here; `planner.estimate` gives it the workspace size of the target
 (and adds the cuBLAS workspaces, allocated once per handle and stream).
 
-One step is traced (`planner.tracer`): setup (parameters), data, forward (+loss),
+One step is traced (`planner.step_tracer`): setup (parameters), data, forward (+loss),
 backward, optimizer (step, zero_grad). The steady state (optimizer state present, the
 previous batch replaced, accumulation) is assembled from it by `planner.synthesis`.
 """

@@ -71,7 +71,7 @@ def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:
 def _tracer_source_hash() -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in ("trace.py", "tracer.py", "meta_kernels.py", "autocast_rules.py", "workload.py", "block_costs.py"):
+    for name in ("trace.py", "step_tracer.py", "meta_kernels.py", "autocast_rules.py", "workload.py", "block_costs.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:12]
 

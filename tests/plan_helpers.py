@@ -6,7 +6,7 @@ from __future__ import annotations
 from lofi.plan_axes import LOFI_AXES
 from planner.candidate import Candidate
 from planner.choose import rank_candidates, usable_bytes
-from planner.estimates import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET
 from planner.plan_file import Plan, plan_from_ranking
 from planner.profiles import get_profile

@@ -17,7 +17,7 @@ from planner.choose import (
     usable_bytes,
 )
 from planner.errors import NothingFitsError, PlannerError
-from planner.estimates import CandidateEstimate
+from planner.estimate_types import CandidateEstimate
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec
 from planner.profiles import get_profile

@@ -18,7 +18,7 @@ from planner.fidelity import Fidelity
 from planner.hardware import GpuProfile
 from planner.overheads import default_path, load_overheads, nccl_bytes, workspace_bytes
 from planner.timing import sustained_flops
-from planner.tracer import Tracer
+from planner.step_tracer import Tracer
 from planner.trace_cache import TraceCache, trace_key
 from planner.workload import ModelSpec, StepSpec, TorchvisionWorkload
 

@@ -1,7 +1,7 @@
 """`lofi train --plan` trains with the plan's optimizer and BatchNorm mode: a
 command-line choice that contradicts it is an error naming both values, unless
 --override-plan, which config.json records; the plan's allocator setting is set for
-the process (lofi.train.setup.follow_plan, lofi.train.plan_check)."""
+the process (lofi.train.options.follow_plan, lofi.train.plan_check)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lofi.errors import OptionError
 from lofi.train.plan_check import ALLOC_ENV, apply_alloc_conf, merged_setting
 from lofi.train.config import LOFI_RECIPE
 from lofi.train.config import CPU_LOFI_RECIPE
-from lofi.train.setup import follow_plan
+from lofi.train.options import follow_plan
 from train_helpers import tiny_candidate
 
 
@@ -60,7 +60,7 @@ def test_alloc_conf_goes_into_the_environment(monkeypatch):
 
 def test_the_run_config_records_the_allocator_setting_and_overrides():
     from lofi.train.config import DataConfig, config_to_dict
-    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+    from lofi.train.options import RecipeOverrides, ResolvedData, build_config
     from train_helpers import tiny_plan
 
     plan = tiny_plan(tiny_candidate(expandable_segments=True, optimizer="sgd", batchnorm="frozen"))
@@ -77,7 +77,7 @@ def test_the_run_config_records_the_allocator_setting_and_overrides():
 
 def test_auto_plans_the_batchnorm_mode_the_run_will_train_with():
     from lofi.train.config import DataConfig
-    from lofi.train.setup import ResolvedData, planned_batchnorm
+    from lofi.train.options import ResolvedData, planned_batchnorm
 
     synthetic = ResolvedData(DataConfig(annotations="a.json", media_root="videos"), synthetic=True, training_videos=4)
     user = ResolvedData(DataConfig(annotations="a.json", media_root="videos"), synthetic=False, training_videos=4)
@@ -93,7 +93,7 @@ def test_auto_plans_the_batchnorm_mode_the_run_will_train_with():
 def test_a_random_encoder_with_fixed_batchnorm_is_noted():
     from lofi.train.config import DataConfig
     from lofi.train.plan_check import batchnorm_notes
-    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+    from lofi.train.options import RecipeOverrides, ResolvedData, build_config
     from train_helpers import tiny_plan
 
     resolved = ResolvedData(DataConfig(annotations="a.json", media_root="videos"), synthetic=False, training_videos=4)

@@ -26,7 +26,7 @@ from planner.profiles import get_profile, gpus_dir, profile_from_dict
 from planner.synthesis import extrapolate
 from planner.trace import PARAMETER
 from planner.trace_cache import TraceCache
-from planner.tracer import Tracer
+from planner.step_tracer import Tracer
 from planner.workload import ModelSpec, StepSpec
 from plan_helpers import make_plan
 

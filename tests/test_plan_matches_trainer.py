@@ -26,7 +26,7 @@ from planner.fidelity import Fidelity
 from planner.profiles import get_profile
 from planner.trace import PARAMETER, Recorder
 from planner.trace_cache import TraceCache
-from planner.tracer import _exclusive
+from planner.step_tracer import _exclusive
 from train_helpers import tiny_config
 
 FIDELITY = Fidelity(4, 32, 2)  # TR 4 (the head's smallest T), 32 px, 2 frames per snippet

@@ -15,7 +15,7 @@ from lofi.fidelities import T_LOFI
 from planner.fidelity import Fidelity
 from planner.synthesis import expand_periods, extrapolate, steady_state
 from planner.trace import ACTIVATION, INPUT
-from planner.tracer import Tracer
+from planner.step_tracer import Tracer
 from planner.workload import ModelSpec, StepSpec
 
 TINY = Fidelity(8, 32, 2)  # TR=8 snippets of 2 frames at 32x32

@@ -109,7 +109,7 @@ def test_lofi_pretrain_command_writes_weights_train_reads(tiny_data, tmp_path):
 
 def test_synthetic_runs_start_from_cached_pretraining_unless_from_scratch(tiny_data, tmp_path, monkeypatch):
     from lofi.train.config import SYNTH_PRETRAIN
-    from lofi.train.setup import RecipeOverrides, ResolvedData, build_config
+    from lofi.train.options import RecipeOverrides, ResolvedData, build_config
 
     monkeypatch.setenv("LOFI_CACHE", str(tmp_path / "cache"))
     data = tiny_config(tiny_data).data

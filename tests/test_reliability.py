@@ -96,17 +96,17 @@ def test_classification_without_a_validation_video_is_refused_before_training(ti
 
 
 def test_the_default_time_target_ranks_but_never_rejects(tiny_data, monkeypatch):
-    from lofi.train import setup
+    from lofi.train import options
     from lofi.train.config import CPU_GRID
-    from lofi.train.setup import PlanOptions, ResolvedData, auto_plan, resolve_data, DataOptions
+    from lofi.train.options import PlanOptions, ResolvedData, auto_plan, resolve_data, DataOptions
     from planner.errors import NothingFitsError
 
     data = resolve_data(DataOptions(str(tiny_data.annotations), str(tiny_data.videos_dir), full_tr=8, full_sr=32,
                                     frames_per_snippet=2, stride=2)).data
     synthetic = ResolvedData(data, synthetic=True, training_videos=4)
     # A machine so busy that an epoch takes longer than the default is sized for.
-    monkeypatch.setattr(setup, "CPU_EPOCH_BUDGET_SECONDS", 1e-6)
-    monkeypatch.setattr(setup, "CPU_GRID", replace(CPU_GRID, fidelities=(Fidelity(4, 32, 2),)))
+    monkeypatch.setattr(options, "CPU_EPOCH_BUDGET_SECONDS", 1e-6)
+    monkeypatch.setattr(options, "CPU_GRID", replace(CPU_GRID, fidelities=(Fidelity(4, 32, 2),)))
     plan, notices = auto_plan(synthetic, PlanOptions(gpu="cpu"))
     assert plan.chosen.backbone == "tsm_r18"
     said = " ".join(notices)

@@ -185,7 +185,7 @@ def test_the_launcher_reports_the_code_that_says_most():
 
 
 def test_auto_plans_with_the_data_options_it_was_given_at_any_world_size(tiny_data):
-    from lofi.train.setup import DataOptions, PlanOptions, auto_plan, resolve_data
+    from lofi.train.options import DataOptions, PlanOptions, auto_plan, resolve_data
 
     resolved = resolve_data(DataOptions(str(tiny_data.annotations), str(tiny_data.videos_dir), None,
                                         str(tiny_data.classification), 8, 32, 2, 2))

@@ -9,7 +9,7 @@ from pathlib import Path
 from lofi.data.synth import SynthConfig, generate
 from lofi.train.config import DataConfig, OptimConfig, TrainConfig
 from planner.candidate import Candidate
-from planner.estimates import MemoryEstimate
+from planner.estimate_types import MemoryEstimate
 from planner.fidelity import Fidelity
 from planner.plan_file import Hardware, Plan, PlanEntry
 

@@ -11,7 +11,7 @@ from rich.text import Text
 from lofi.cli.plan_report import Report
 from lofi.cli.plan_table import BAR_WIDTH, GIB, fidelity_name
 from planner.choose import hours
-from planner.estimates import MemoryEstimate, TimeEstimate
+from planner.estimate_types import MemoryEstimate, TimeEstimate
 from planner.plan_file import PlanEntry
 
 _HEADS = {"gtad": "G-TAD", "bmn": "BMN"}

@@ -11,7 +11,7 @@ from rich.text import Text
 from lofi.cli.plan_report import Report
 from planner.candidate import Candidate
 from planner.choose import hours
-from planner.estimates import MemoryEstimate
+from planner.estimate_types import MemoryEstimate
 from lofi.fidelities import C_LOFI_CYCLE, NAMED_FIDELITIES
 from planner.plan_file import PlanEntry
 

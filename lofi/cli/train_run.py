@@ -33,7 +33,7 @@ def hooks():
 
 
 def data_options(options: dict[str, Any]):
-    from lofi.train.setup import DataOptions
+    from lofi.train.options import DataOptions
 
     return DataOptions(options["annotations"], options["videos_dir"], options["frames_dir"], options.get("classification"),
                        options["full_tr"], options["full_sr"], options["frames_per_snippet"], options["stride"],
@@ -42,7 +42,7 @@ def data_options(options: dict[str, Any]):
 
 def train_request(options: dict[str, Any]):
     from lofi.train.launch import TrainRequest
-    from lofi.train.setup import PlanOptions, RecipeOverrides
+    from lofi.train.options import PlanOptions, RecipeOverrides
 
     lofi = {"epochs": options["epochs"], "lr": options["lr"], "name": options["optimizer"],
             "momentum": options["momentum"], "weight_decay": options["weight_decay"],

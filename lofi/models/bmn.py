@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lofi.models.boundary_matching import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
+from lofi.models.head_sampling import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
 from lofi.models.head_output import HeadOutput
 
 HIDDEN_1D = 256

@@ -22,7 +22,7 @@ from torch import nn
 
 from lofi.errors import OptionError
 from lofi.models.bmn import BMN
-from lofi.models.boundary_matching import SamplingLayer
+from lofi.models.head_sampling import SamplingLayer
 from lofi.models.gtad import GTAD
 
 MIN_TEMPORAL_DIM = 4

@@ -23,7 +23,7 @@ from typing import Any
 from lofi.errors import OptionError
 from lofi.train.config import TrainConfig
 from lofi.train.progress import StageProgress
-from lofi.train.setup import DataOptions, PlanOptions, RecipeOverrides, ResolvedData
+from lofi.train.options import DataOptions, PlanOptions, RecipeOverrides, ResolvedData
 from planner.plan_file import Plan
 
 Counter = Callable[[int, int], None]  # (done, total)
@@ -46,7 +46,7 @@ class TrainRequest:
     pretrained: str | None
     gpus: int  # processes; > 1 relaunches under torchrun
     data: DataOptions
-    planning: PlanOptions  # its batchnorm is decided from the data (setup.planned_batchnorm)
+    planning: PlanOptions  # its batchnorm is decided from the data (options.planned_batchnorm)
     bn_mode: str | None
     freeze_bn: bool | None
     overrides: RecipeOverrides
@@ -123,7 +123,7 @@ def apply_planned_alloc_conf(path: Path) -> None:
 def resolve_run_data(data: DataOptions, hooks: TrainHooks | None = None) -> ResolvedData:
     """The run's data (the synthetic default without --annotations, generated once with a
     bar); without `hooks`, quietly (the ranks that only read what rank 0 generated)."""
-    from lofi.train.setup import resolve_data
+    from lofi.train.options import resolve_data
 
     if hooks is None:
         return resolve_data(data)
@@ -174,7 +174,7 @@ def _auto_plan(request: TrainRequest, resolved: ResolvedData, hooks: TrainHooks,
                nodes: int = 1) -> Plan:
     """Plan for `gpus` per node x `nodes` (default: --gpus on one node) with the data
     options given, whatever the world size."""
-    from lofi.train.setup import auto_plan, planned_batchnorm
+    from lofi.train.options import auto_plan, planned_batchnorm
 
     batchnorm = planned_batchnorm(resolved, request.bn_mode, request.freeze_bn,
                                   pretrained=request.pretrained is not None, from_scratch=request.from_scratch)
@@ -228,7 +228,7 @@ def _config_and_plan(request: TrainRequest, run, stored: bool, context, hooks: T
     rank 0 checks the folder, generates the data and plans; the others wait and read."""
     from lofi.train.config import load_config
     from lofi.train.distributed import barrier
-    from lofi.train.setup import build_config
+    from lofi.train.options import build_config
     from lofi.train.plan_check import plan_for_world
     from planner.plan_file import load_plan, save_plan
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from lofi.models.head_sampling import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
-from lofi.models.head_output import HeadOutput
+from lofi.models.head_output import HeadOutput, MapHead, grouped_conv
 
 HIDDEN_1D = 256
 HIDDEN_2D = 128
@@ -49,20 +49,14 @@ class BoundaryMatching(SamplingLayer):
         return self.sample("sample_matrix", x, NUM_SAMPLE, durations)
 
 
-class BMN(nn.Module):
-    """BMN head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map), for T in
-    `temporal_dims` = (temporal_dim, *extra_temporal_dims); the weights do not depend on T."""
+class BMN(MapHead):
+    """BMN head (`MapHead`), at T in (temporal_dim, *extra_temporal_dims)."""
 
     def __init__(self, in_channels: int, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (),
                  device=None, dtype=None):
-        super().__init__()
+        super().__init__(in_channels, temporal_dim)
         fk = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.temporal_dim = temporal_dim
-        self.base = nn.Sequential(
-            nn.Conv1d(in_channels, HIDDEN_1D, 3, padding=1, groups=4, **fk), nn.ReLU(inplace=True),
-            nn.Conv1d(HIDDEN_1D, HIDDEN_1D, 3, padding=1, groups=4, **fk), nn.ReLU(inplace=True),
-        )
+        self.base = nn.Sequential(*grouped_conv(in_channels, HIDDEN_1D, **fk), *grouped_conv(HIDDEN_1D, HIDDEN_1D, **fk))
         self.start_branch = self._tem_branch(fk)
         self.end_branch = self._tem_branch(fk)
         self.proposal_1d = nn.Sequential(nn.Conv1d(HIDDEN_1D, HIDDEN_1D, 3, padding=1, **fk), nn.ReLU(inplace=True))

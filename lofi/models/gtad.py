@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lofi.models.head_sampling import SamplingLayer, dense_matrix, gtad_sgalign_sampling, map_through
-from lofi.models.head_output import HeadOutput
+from lofi.models.head_output import HeadOutput, MapHead, grouped_conv
 
 HIDDEN_1D = 256  # opts.h_dim_1d
 HIDDEN_2D = 128  # opts.h_dim_2d
@@ -104,20 +104,14 @@ class SGAlign(SamplingLayer):
         return inner, outer
 
 
-class GTAD(nn.Module):
-    """G-TAD head: forward((B, C, T)) -> HeadOutput(start, end, confidence_map), for T in
-    `temporal_dims` = (temporal_dim, *extra_temporal_dims); the weights do not depend on T."""
+class GTAD(MapHead):
+    """G-TAD head (`MapHead`), at T in (temporal_dim, *extra_temporal_dims)."""
 
     def __init__(self, in_channels: int, temporal_dim: int, *, extra_temporal_dims: Sequence[int] = (),
                  device=None, dtype=None):
-        super().__init__()
+        super().__init__(in_channels, temporal_dim)
         fk = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.temporal_dim = temporal_dim
-        self.backbone1 = nn.Sequential(
-            nn.Conv1d(in_channels, HIDDEN_1D, 3, padding=1, groups=4, **fk), nn.ReLU(inplace=True),
-            GCNeXt(HIDDEN_1D, **fk),
-        )
+        self.backbone1 = nn.Sequential(*grouped_conv(in_channels, HIDDEN_1D, **fk), GCNeXt(HIDDEN_1D, **fk))
         self.start_branch = nn.Sequential(GCNeXt(HIDDEN_1D, **fk), nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid())
         self.end_branch = nn.Sequential(GCNeXt(HIDDEN_1D, **fk), nn.Conv1d(HIDDEN_1D, 1, 1, **fk), nn.Sigmoid())
         self.backbone2 = GCNeXt(HIDDEN_1D, **fk)

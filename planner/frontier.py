@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.candidate import Candidate
 from planner.plan_file import Plan, PlanEntry
@@ -43,10 +43,7 @@ class Frontier:
 
 def same_configuration(a: Candidate, b: Candidate) -> bool:
     """`a` and `b` differ at most in their checkpointing policy."""
-    return (a.fidelity, a.cycle, a.backbone, a.head, a.batch_per_gpu, a.accumulation, a.precision, a.optimizer,
-            a.batchnorm, a.gpus, a.nodes, a.expandable_segments) == (
-            b.fidelity, b.cycle, b.backbone, b.head, b.batch_per_gpu, b.accumulation, b.precision, b.optimizer,
-            b.batchnorm, b.gpus, b.nodes, b.expandable_segments)
+    return replace(a, checkpointing=b.checkpointing) == b
 
 
 def frontier(entries: Sequence[PlanEntry], chosen: Candidate, usable_bytes: int, capacity_bytes: int) -> Frontier:

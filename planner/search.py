@@ -53,9 +53,7 @@ def search_blocks(estimates: Sequence[CandidateEstimate], workload: Workload, us
     savings_of = getattr(workload, "block_savings", None)
     if savings_of is None:
         return []
-    groups: dict[Candidate, dict[str, CandidateEstimate]] = defaultdict(dict)
-    for e in estimates:
-        groups[replace(e.candidate, checkpointing="none")][e.candidate.checkpointing] = e
+    groups = _by_configuration(estimates)
     searches: dict[Candidate, _Interval] = {}
     for key, by_policy in groups.items():
         none, block = by_policy.get("none"), by_policy.get("block")
@@ -90,12 +88,18 @@ def search_offload(estimates: Sequence[CandidateEstimate], workload: Workload, u
     estimated fits and is at least that fast, offload cannot win and is not traced."""
     if link is None or not getattr(workload, "offloads", False):
         return []
-    by_group: dict[Candidate, dict[str, CandidateEstimate]] = defaultdict(dict)
-    for e in estimates:
-        by_group[replace(e.candidate, checkpointing="none")][e.candidate.checkpointing] = e
-    missing = [replace(key, checkpointing="offload") for key, by_policy in by_group.items()
+    missing = [replace(key, checkpointing="offload") for key, by_policy in _by_configuration(estimates).items()
                if "offload" not in by_policy and _offload_may_win(key, by_policy, usable, link)]
     return estimate(missing) if missing else []
+
+
+def _by_configuration(estimates: Sequence[CandidateEstimate]) -> dict[Candidate, dict[str, CandidateEstimate]]:
+    """Estimates grouped by their candidate with policy `none` (the configuration), then
+    by policy as written."""
+    groups: dict[Candidate, dict[str, CandidateEstimate]] = defaultdict(dict)
+    for e in estimates:
+        groups[replace(e.candidate, checkpointing="none")][e.candidate.checkpointing] = e
+    return groups
 
 
 def _offload_may_win(key: Candidate, by_policy: dict[str, CandidateEstimate], usable: int, link: HostLink) -> bool:

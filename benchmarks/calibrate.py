@@ -39,7 +39,7 @@ from planner.candidate import Candidate  # noqa: E402
 from planner.estimate import estimate_grid  # noqa: E402
 from planner.fidelity import Fidelity  # noqa: E402
 from planner.plan_file import candidate_to_dict  # noqa: E402
-from planner.profiles import get_profile, list_profiles  # noqa: E402
+from planner.hardware.profiles import get_profile, list_profiles  # noqa: E402
 
 SCHEMA, VERSION = "lofi.calibration", 1
 ROW_TIMEOUT_S = 150.0  # one unconstrained measurement
@@ -148,7 +148,7 @@ def _env() -> dict[str, str]:
 
 
 def _gpu_profile():
-    from planner.nvml import resolve_target
+    from planner.hardware.nvml import resolve_target
 
     target = resolve_target("auto", list_profiles(), fallback="cpu")
     if target.profile.kind == "cpu":

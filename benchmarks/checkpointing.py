@@ -138,8 +138,8 @@ def add_estimates(rows: list[dict]) -> list[dict]:
     from planner.candidate import Candidate
     from planner.estimate import estimate_grid
     from planner.fidelity import Fidelity
-    from planner.profiles import get_profile
-    from planner.trace_cache import TraceCache
+    from planner.hardware.profiles import get_profile
+    from planner.tracing.cache import TraceCache
 
     first = rows[0]
     fidelity = Fidelity(first["tr"], first["sr"], first["frames"])

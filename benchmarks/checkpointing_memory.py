@@ -20,7 +20,7 @@ from lofi.plan_axes import LOFI_AXES
 from lofi.plan_workload import lofi_workload
 from planner.candidate import Candidate
 from planner.estimate import estimate_grid
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 
 MiB = 1 << 20
 TARGET = 4.0  # chunk: at least 4x less activation memory than none

@@ -1,5 +1,5 @@
 """How much of a LoFi training step's allocated peak is the TAL head's: the planner's own
-trace of the step (planner/step_tracer.py on meta tensors, the workload lofi/plan_workload.py),
+trace of the step (planner/tracing/step.py on meta tensors, the workload lofi/plan_workload.py),
 each allocation attributed to the part of the step that made it:
 
     encoder forward   events before the head starts (module pre-hook on `model.head`)
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from lofi.plan_workload import LofiWorkload
-from planner.allocator import ALLOC
+from planner.cost.allocator import ALLOC
 from planner.fidelity import Fidelity
-from planner.trace import ACTIVATION, CATEGORY_NAMES, INPUT, WORKSPACE, active_recorder
-from planner.step_tracer import Tracer
+from planner.tracing.recorder import ACTIVATION, CATEGORY_NAMES, INPUT, WORKSPACE, active_recorder
+from planner.tracing.step import Tracer
 from planner.workload import ModelSpec, StepSpec
 
 MiB = 1 << 20

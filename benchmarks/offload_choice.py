@@ -22,7 +22,7 @@ from lofi.plan_workload import lofi_workload
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
 from planner.grid import CHECKPOINTING, GridSpec, build_grid
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 
 GiB = 1 << 30
 

@@ -151,12 +151,12 @@ def make_plans(root: Path, settings: list[Setting], videos: int) -> None:
     to that fidelity or cycle); kept, so a resumed benchmark plans nothing again."""
     from lofi.plan_workload import lofi_workload
     from lofi.train.config import CPU_GRID
-    from planner.cpu_speed import with_measured_speed
+    from planner.hardware.cpu_speed import with_measured_speed
     from lofi.models.lofi_model import plan_bn_name
     from lofi.train.config import PRETRAINED_BN_MODE
     from planner.planning import PlanRequest, make_plan
     from planner.plan_file import save_plan
-    from planner.profiles import get_profile
+    from planner.hardware.profiles import get_profile
 
     profile = None
     for setting in settings:

@@ -22,8 +22,8 @@ from lofi.plan_workload import lofi_workload
 from planner.estimate import TRACE_BATCHES
 from planner.grid import GridSpec, build_grid
 from planner.planning import PlanRequest, estimate_searched
-from planner.profiles import get_profile
-from planner.trace_cache import TraceCache
+from planner.hardware.profiles import get_profile
+from planner.tracing.cache import TraceCache
 from planner.workload import step_specs
 
 

@@ -32,7 +32,7 @@ from lofi.plan_workload import lofi_workload
 from planner.estimate import estimate_grid
 from planner.grid import GridSpec
 from planner.planning import PlanRequest, estimate_and_rank
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 from planner.workload import step_specs
 
 FIXED = ("none", "block", "chunk")

@@ -1,5 +1,5 @@
 """`python -m lofi.measure_step --candidate JSON`: run one candidate's real training step
-and print what it used, as one JSON line (planner.measure reads it).
+and print what it used, as one JSON line (planner.measure_finalists reads it).
 
 Run by `lofi plan --measure` and benchmarks/calibrate.py, one subprocess per candidate,
 so that an out-of-memory error cannot leave the next candidate a fragmented allocator
@@ -99,9 +99,9 @@ def measure_on_cpu(document: dict) -> dict:
     """The same steps on the CPU under the planner's recorder: the tensors' bytes."""
     import torch
 
-    from planner.allocator import replay
+    from planner.cost.allocator import replay
     from planner.plan_file import candidate_from_dict
-    from planner.trace import PARAMETER, Recorder
+    from planner.tracing.recorder import PARAMETER, Recorder
 
     candidate = candidate_from_dict(document, "--candidate")
     device = torch.device("cpu")

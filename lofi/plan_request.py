@@ -14,7 +14,7 @@ from lofi.plan_axes import ACTIVITYNET_DATASET, ACTIVITYNET_TRAINING_VIDEOS
 from planner.choose import Ranking
 from planner.errors import PlannerError
 from planner.grid import GridSpec
-from planner.nvml import Target
+from planner.hardware.nvml import Target
 from planner.plan_file import Measurement, Plan
 from planner.planning import PlanRequest, estimate_and_rank, measure_and_rerank, plan_from_request
 

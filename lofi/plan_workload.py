@@ -26,7 +26,7 @@ Tracing `chunk:K` fast: a chunked encoder runs the same segment B*TR/K times, an
 tracing every chunk would cost seconds per candidate. While the planner traces (a
 recorder with compression is active), `_ChunkTraceRunner` runs the first three chunks
 for real, puts one zero tensor in place of the outputs of the others, and marks each
-chunk's forward and recomputation; `planner.synthesis.expand_periods` then repeats the
+chunk's forward and recomputation; `planner.tracing.synthesis.expand_periods` then repeats the
 events of a middle chunk (forward and backward) for every chunk skipped. A shorter last
 chunk (K not dividing B*TR) is synthesized as a full one: at most one chunk's
 activations too many, while that chunk alone is in flight.
@@ -56,7 +56,7 @@ from lofi.models.encoders import VideoEncoder, block_costs, checkpoint_order
 from lofi.models.lofi_model import PLAN_BN_MODES, build_lofi_model
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss
-from planner.trace import active_recorder
+from planner.tracing.recorder import active_recorder
 from planner.workload import ModelSpec, StepSpec, sgd_or_adam
 
 WORKLOAD_NAME = "lofi-tal/2"  # bump when the inputs or the step change (trace cache key)

@@ -32,7 +32,7 @@ from lofi.fidelities import FULL
 from planner.candidate import Candidate
 from planner.errors import ProfileError
 from planner.fidelity import Fidelity
-from planner.profiles import profiles_dir
+from planner.hardware.profiles import profiles_dir
 from planner.quality import ConfigKey, config_key
 from planner.strict_json import Node, read_json_document
 

@@ -24,7 +24,7 @@ from planner.candidate import Candidate
 from planner.errors import FieldError, NothingFitsError, PlannerError, Setting, field_setting
 from planner.estimate_types import CandidateEstimate
 from planner.grid import GridSpec
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 from planner.quality import Quality, config_key
 
 DEFAULT_MARGIN = 0.10

@@ -2,21 +2,21 @@
 not see.
 
 For each fidelity a candidate trains at (one, or each member of its cycle):
-  1. traces of one training step at batch sizes 2 and 3 (`planner.step_tracer`, cached on disk
-     by `planner.trace_cache`; missing ones traced in worker processes), extrapolated to
+  1. traces of one training step at batch sizes 2 and 3 (`planner.tracing.step`, cached on disk
+     by `planner.tracing.cache`; missing ones traced in worker processes), extrapolated to
      the candidate's batch size (`synthesis.extrapolate`: sizes are affine in the batch)
      and, for chunked checkpointing, with the skipped chunks filled in (`expand_periods`);
   2. the steady state: two optimizer steps of up to two micro-batches, so optimizer state
      exists and accumulated gradients persist (`synthesis.steady_state`);
   3. with the cuBLAS/cuDNN workspaces the caching allocator hands out
      (`synthesis.with_workspaces`), replayed through the CUDA caching-allocator model
-     (`planner.allocator`; plain on the cpu profile): the allocated peak and bytes by
+     (`planner.cost.allocator`; plain on the cpu profile): the allocated peak and bytes by
      category there, the reserved peak on a GPU with room to spare, and the needed
      capacity, bisected with the allocator's release-and-retry path
      (`allocator.needed_capacity`), with the cache releases per step it costs there;
-  4. plus CUDA context, DDP buckets and NCCL buffers (`planner.overheads`), and time
-     from the traced FLOPs (`planner.timing`), with the host copies of activation
-     offload (`Trace.host_sizes`, the host link of `planner.host_links`) and the pinned
+  4. plus CUDA context, DDP buckets and NCCL buffers (`planner.cost.overheads`), and time
+     from the traced FLOPs (`planner.cost.timing`), with the host copies of activation
+     offload (`Trace.host_sizes`, the host link of `planner.hardware.host_links`) and the pinned
      host memory they hold (`MemoryEstimate.host_pinned`).
 A cycle's memory is its largest member's; its time is the members' mean.
 Per-rank memory does not depend on the number of GPUs except through accumulation and
@@ -38,20 +38,20 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.allocator import ReplayResult, needed_capacity, replay
+from planner.cost.allocator import ReplayResult, needed_capacity, replay
 from planner import checkpointing
 from planner.candidate import Candidate
 from planner.choose import DEFAULT_MARGIN, usable_bytes
 from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
-from planner.hardware import GpuProfile
-from planner.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
-from planner.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
+from planner.hardware.gpu_profile import GpuProfile
+from planner.cost.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
+from planner.tracing.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
                                with_state, with_workspaces)
-from planner.host_links import host_link
-from planner.timing import mean_time, offload_seconds, time_estimate
-from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
-from planner.step_tracer import Tracer
-from planner.trace_cache import TraceCache, trace_key
+from planner.hardware.host_links import host_link
+from planner.cost.timing import mean_time, offload_seconds, time_estimate
+from planner.tracing.recorder import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
+from planner.tracing.step import Tracer
+from planner.tracing.cache import TraceCache, trace_key
 from planner.workload import ModelSpec, StepSpec, Workload, step_specs
 
 REPEAT_CAP = 2  # more repeated periods than this: replay at 1 and 2 and extrapolate

@@ -18,7 +18,7 @@ from planner.axes import WorkloadAxes
 from planner.candidate import OPTIMIZERS, PRECISIONS, Candidate
 from planner.errors import FieldError, PlannerError
 from planner.fidelity import Fidelity
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 
 BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16)
 CHECKPOINTING: tuple[str, ...] = ("none", "block", "chunk:4")  # + blocks:N and offload where none does not fit (planner.search)

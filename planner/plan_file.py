@@ -21,7 +21,7 @@ from planner.choose import Ranking
 from planner.errors import PlanFileError
 from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.fidelity import Fidelity
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 from planner.strict_json import Node as _Node
 from planner.strict_json import kind as _kind
 from planner.strict_json import read_json_document
@@ -41,7 +41,7 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A candidate run for real (planner.measure)."""
+    """A candidate run for real (planner.measure_finalists)."""
 
     oom: bool
     max_allocated_bytes: int | None = None
@@ -306,7 +306,7 @@ def candidate_from_dict(document: Any, origin: str = "candidate") -> Candidate:
 
 
 def measurement_from_dict(document: Any, origin: str = "measurement") -> Measurement:
-    """A measuring subprocess's result (planner.measure) -> Measurement, strictly."""
+    """A measuring subprocess's result (planner.measure_finalists) -> Measurement, strictly."""
     node = _Node(document, origin, "")
     if not isinstance(document, dict):
         raise node.fail(None, f"expected an object, got {_kind(document)}")

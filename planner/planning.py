@@ -12,12 +12,12 @@ from planner.choose import Ranking, rank_candidates, require_choice, usable_byte
 from planner.estimate import estimate_grid, shared_workers
 from planner.estimate_types import CandidateEstimate
 from planner.grid import GridSpec, build_grid
-from planner.hardware import GpuProfile
-from planner.host_links import host_link
-from planner.measure import measure_candidates
+from planner.hardware.gpu_profile import GpuProfile
+from planner.hardware.host_links import host_link
+from planner.measure_finalists import measure_candidates
 from planner.plan_file import Measurement, Plan, plan_from_ranking
 from planner.search import search_blocks, search_offload
-from planner.trace_cache import TraceCache
+from planner.tracing.cache import TraceCache
 from planner.workload import Workload
 
 MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two that fit
@@ -73,7 +73,7 @@ def measure_and_rerank(
     finalists: int = MEASURE_FINALISTS,
     on_result: Callable[[Candidate, Measurement], None] | None = None,
 ) -> tuple[Ranking, dict[int, Measurement]]:
-    """Run the first `finalists` fitting candidates for real (`command`, planner.measure),
+    """Run the first `finalists` fitting candidates for real (`command`, planner.measure_finalists),
     then rank again: those that ran out of memory stop fitting. Returns the new ranking
     and the measurements by their candidates' new ranks."""
     chosen = [r.candidate for r in ranking.ranked if r.fits][:finalists]

@@ -38,8 +38,8 @@ from dataclasses import replace
 
 from planner.candidate import Candidate
 from planner.estimate_types import CandidateEstimate
-from planner.host_links import HostLink
-from planner.timing import offload_seconds
+from planner.hardware.host_links import HostLink
+from planner.cost.timing import offload_seconds
 from planner.workload import Workload, step_specs
 
 Estimator = Callable[[list[Candidate]], list[CandidateEstimate]]
@@ -84,7 +84,7 @@ def search_offload(estimates: Sequence[CandidateEstimate], workload: Workload, u
 
     "Could be": to fit, each micro-batch must move at least the bytes by which `none`
     misses the budget to the host and back, so offload's step takes at least `none`'s
-    plus that transfer (`planner.timing.offload_seconds`); where a policy already
+    plus that transfer (`planner.cost.timing.offload_seconds`); where a policy already
     estimated fits and is at least that fast, offload cannot win and is not traced."""
     if link is None or not getattr(workload, "offloads", False):
         return []

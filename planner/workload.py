@@ -125,7 +125,7 @@ class Workload(Protocol):
         ...
 
     # Optional: `block_savings(spec) -> tuple[int, ...]`, the bytes each block of the
-    # model of `spec` frees when checkpointed (`planner.block_costs.BlockCost.saved_bytes`
+    # model of `spec` frees when checkpointed (`planner.tracing.block_costs.BlockCost.saved_bytes`
     # at a canonical input), in the order `blocks:N` takes them (its length: the most
     # N can be). A workload that has it gets the search over N (`planner.search`).
 
@@ -213,7 +213,7 @@ class _Blocks(nn.Module):
 def _torchvision_costs(backbone: str, classes: int) -> tuple:
     import torchvision
 
-    from planner import block_costs
+    from planner.tracing import block_costs
 
     with torch.device("meta"):
         net = getattr(torchvision.models, backbone)(num_classes=classes).train()
@@ -260,7 +260,7 @@ class TorchvisionWorkload:
     def checkpoint_order(self, backbone: str) -> tuple[int, ...]:
         """The residual blocks of `backbone`, most saved bytes per recomputed FLOP first
         (measured on a 224 x 224 image; `blocks:N` checkpoints the first N)."""
-        from planner import block_costs
+        from planner.tracing import block_costs
 
         return block_costs.checkpoint_order(_torchvision_costs(backbone, self.classes))
 

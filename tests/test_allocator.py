@@ -1,5 +1,5 @@
 """The caching-allocator model on hand-made event sequences (rules of
-c10/cuda/CUDACachingAllocator.cpp, see planner/allocator.py)."""
+c10/cuda/CUDACachingAllocator.cpp, see planner/cost/allocator.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.allocator import (
+from planner.cost.allocator import (
     ALLOC,
     FREE,
     LARGE_BUFFER,

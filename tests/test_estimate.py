@@ -15,11 +15,11 @@ from planner.candidate import Candidate
 from planner.errors import ProfileError
 from planner.estimate import TRACE_BATCHES, estimate_candidate, estimate_grid
 from planner.fidelity import Fidelity
-from planner.hardware import GpuProfile
-from planner.overheads import default_path, load_overheads, nccl_bytes, workspace_bytes
-from planner.timing import sustained_flops
-from planner.step_tracer import Tracer
-from planner.trace_cache import TraceCache, trace_key
+from planner.hardware.gpu_profile import GpuProfile
+from planner.cost.overheads import default_path, load_overheads, nccl_bytes, workspace_bytes
+from planner.cost.timing import sustained_flops
+from planner.tracing.step import Tracer
+from planner.tracing.cache import TraceCache, trace_key
 from planner.workload import ModelSpec, StepSpec, TorchvisionWorkload
 
 GiB = 1 << 30
@@ -121,9 +121,9 @@ def test_cpu_target_uses_the_plain_allocator(workload, cache):
 def test_needed_capacity_does_not_depend_on_the_device(workload, cache):
     """The verdict's number is the capacity the step needs, bisected with the allocator's
     release path: the same on any device, at most the unconstrained reserved peak, and
-    the replay at it has no OOM while 32 MiB less would have one (planner.allocator)."""
+    the replay at it has no OOM while 32 MiB less would have one (planner.cost.allocator)."""
     from planner.estimate import step_memory
-    from planner.overheads import workspaces
+    from planner.cost.overheads import workspaces
     from planner.workload import step_specs
 
     c = candidate(batch=8, fidelity=LARGE)

@@ -9,7 +9,7 @@ from planner.choose import rank_candidates, usable_bytes
 from lofi.fidelities import LOW_BUDGET, ST_LOFI
 from planner.frontier import frontier, plan_frontier
 from planner.plan_file import plan_from_ranking
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 
 V100 = get_profile("v100-32gb")
 GiB = 2**30

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from lofi.cli import main
 from planner.errors import ProfileError
-from planner.nvml import (
+from planner.hardware.nvml import (
     Detection,
     NvmlFigures,
     detect_gpus,
@@ -17,7 +17,7 @@ from planner.nvml import (
     resolve,
     resolve_target,
 )
-from planner.profiles import list_profiles
+from planner.hardware.profiles import list_profiles
 
 PROFILES = list_profiles()
 MiB = 2**20

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from lofi.models.lofi_model import build_lofi_model
 from lofi.train.distributed import gradient_buckets
-from planner.overheads import largest_bucket
+from planner.cost.overheads import largest_bucket
 
 CAP = 25 * 2**20
 

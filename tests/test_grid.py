@@ -10,7 +10,7 @@ from planner.errors import FieldError, PlannerError
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec, accumulation_steps, build_grid, parse_ints, parse_list, select_fidelities
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 
 V100 = get_profile("v100-32gb")
 A100 = get_profile("a100-80gb")

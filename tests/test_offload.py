@@ -13,20 +13,20 @@ import torch
 
 from lofi.models.lofi_model import build_lofi_model
 from lofi.plan_workload import LofiWorkload
-from planner.allocator import ALLOC
+from planner.cost.allocator import ALLOC
 from planner.candidate import Candidate
 from planner.axes import WorkloadAxes
 from planner.choose import rank_candidates
 from planner.errors import ProfileError
 from planner.estimate import estimate_grid, pinned_block
 from planner.fidelity import Fidelity
-from planner.host_links import host_link
+from planner.hardware.host_links import host_link
 from planner.plan_file import plan_from_dict, plan_to_dict
-from planner.profiles import get_profile, gpus_dir, profile_from_dict
-from planner.synthesis import extrapolate
-from planner.trace import PARAMETER
-from planner.trace_cache import TraceCache
-from planner.step_tracer import Tracer
+from planner.hardware.profiles import get_profile, gpus_dir, profile_from_dict
+from planner.tracing.synthesis import extrapolate
+from planner.tracing.recorder import PARAMETER
+from planner.tracing.cache import TraceCache
+from planner.tracing.step import Tracer
 from planner.workload import ModelSpec, StepSpec
 from plan_helpers import make_plan
 

@@ -23,7 +23,7 @@ from planner.estimate import estimate_grid
 from lofi.fidelities import FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec, build_grid
 from planner.plan_file import load_plan
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 
 V100 = get_profile("v100-32gb")
 USABLE = usable_bytes(V100, 0.10)

@@ -149,7 +149,7 @@ def _script(body: str) -> list[str]:
 
 
 def test_measure_runs_each_candidate_in_its_own_subprocess():
-    from planner.measure import measure_candidates
+    from planner.measure_finalists import measure_candidates
     from plan_helpers import cand
     from lofi.fidelities import LOW_BUDGET, T_LOFI
 
@@ -167,7 +167,7 @@ def test_measure_runs_each_candidate_in_its_own_subprocess():
 
 
 def test_measure_failures_are_results_not_crashes():
-    from planner.measure import measure_candidate
+    from planner.measure_finalists import measure_candidate
     from plan_helpers import cand
     from lofi.fidelities import LOW_BUDGET
 
@@ -180,8 +180,8 @@ def test_measure_failures_are_results_not_crashes():
 
 
 def test_measure_needs_a_gpu(tmp_path):
-    from planner.nvml import detect_gpus
-    from planner.profiles import list_profiles
+    from planner.hardware.nvml import detect_gpus
+    from planner.hardware.profiles import list_profiles
 
     if detect_gpus(list_profiles()).gpus:
         pytest.skip("a GPU is visible here")
@@ -193,7 +193,7 @@ def test_measure_needs_a_gpu(tmp_path):
 def test_measure_step_runs_two_real_training_steps_on_cuda():
     from plan_helpers import cand
     from lofi.fidelities import LOW_BUDGET
-    from planner.measure import measure_candidate
+    from planner.measure_finalists import measure_candidate
 
     result = measure_candidate(cand(LOW_BUDGET, batch=2), [sys.executable, "-m", "lofi.measure_step"])
     assert result.error is None and not result.oom

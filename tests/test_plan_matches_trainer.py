@@ -6,7 +6,7 @@ recorder, allocates the peak the planner estimates for the same candidate within
 Without gradient accumulation: under any dispatch mode autograd's AccumulateGrad adds a
 second micro-batch's gradient out of place (`at::isTensorSubclassLike` is true for every
 tensor then), which a real run does in place, as the planner models it
-(planner.synthesis); recorded, the trainer would show one gradient too many."""
+(planner.tracing.synthesis); recorded, the trainer would show one gradient too many."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from lofi.plan_workload import lofi_workload
 from lofi.train.config import OptimConfig
 from lofi.train.lofi_stage import _micro_step
 from lofi.train.loop import grad_scaler, make_optimizer
-from planner.allocator import replay
+from planner.cost.allocator import replay
 from planner.candidate import Candidate
 from planner.estimate import estimate_candidate
 from planner.fidelity import Fidelity
-from planner.profiles import get_profile
-from planner.trace import PARAMETER, Recorder
-from planner.trace_cache import TraceCache
-from planner.step_tracer import _exclusive
+from planner.hardware.profiles import get_profile
+from planner.tracing.recorder import PARAMETER, Recorder
+from planner.tracing.cache import TraceCache
+from planner.tracing.step import _exclusive
 from train_helpers import tiny_config
 
 FIDELITY = Fidelity(4, 32, 2)  # TR 4 (the head's smallest T), 32 px, 2 frames per snippet

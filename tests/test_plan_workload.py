@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from lofi.plan_workload import LofiWorkload
-from planner.allocator import replay
-from planner.autocast_rules import CudaAutocastEmulation
+from planner.cost.allocator import replay
+from planner.tracing.autocast import CudaAutocastEmulation
 from lofi.fidelities import T_LOFI
 from planner.fidelity import Fidelity
-from planner.synthesis import expand_periods, extrapolate, steady_state
-from planner.trace import ACTIVATION, INPUT
-from planner.step_tracer import Tracer
+from planner.tracing.synthesis import expand_periods, extrapolate, steady_state
+from planner.tracing.recorder import ACTIVATION, INPUT
+from planner.tracing.step import Tracer
 from planner.workload import ModelSpec, StepSpec
 
 TINY = Fidelity(8, 32, 2)  # TR=8 snippets of 2 frames at 32x32
@@ -68,7 +68,7 @@ def test_bmn_head_traces(tracers):
 
 
 def test_batch_is_counted_as_input(tracers):
-    from planner.allocator import ALLOC
+    from planner.cost.allocator import ALLOC
 
     trace = tracers[0].trace(step(), 2)
     inputs = int(trace.sizes[(trace.ops == ALLOC) & (trace.categories == INPUT)].sum())
@@ -160,7 +160,7 @@ def test_a_cycle_member_is_its_single_fidelity_trace_plus_the_other_members_stat
     planner traces the single-fidelity model and adds those buffers at setup; the
     model built with the whole cycle, traced directly, allocates the same."""
     from planner.estimate import TraceStore
-    from planner.trace_cache import TraceCache
+    from planner.tracing.cache import TraceCache
 
     cycle = (TINY, Fidelity(16, 32, 2))
     member = StepSpec(ModelSpec("tsm_r18", "gtad", TINY, "none", cycle=cycle))

@@ -63,7 +63,7 @@ from planner.errors import FieldError
 from planner.fidelity import Fidelity
 from planner.grid import GridSpec, build_grid, select_fidelities
 from planner.planning import PlanRequest, estimate_and_rank, plan_from_request, rank
-from planner.profiles import get_profile
+from planner.hardware.profiles import get_profile
 from planner.quality import config_key, rank_equal
 from planner.workload import TorchvisionWorkload
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import ProfileError
-from planner.profiles import (
+from planner.hardware.profiles import (
     DEFAULT_GPU,
     PROFILES_ENV,
     available_ram_bytes,
@@ -120,7 +120,7 @@ def test_evidence_holds_the_papers_numbers():
 
 
 def test_every_gpu_profile_names_its_compute_capability():
-    from planner.profiles import list_profiles
+    from planner.hardware.profiles import list_profiles
 
     for profile in list_profiles():
         if profile.kind == "gpu":
@@ -135,7 +135,7 @@ def test_a_malformed_compute_capability_is_refused():
     from planner.errors import ProfileError
     import json
 
-    from planner.profiles import gpus_dir, profile_from_dict
+    from planner.hardware.profiles import gpus_dir, profile_from_dict
 
     document = json.loads((gpus_dir() / "a100-40gb.json").read_text())
     document["compute_capability"] = "eight"

@@ -13,9 +13,9 @@ from planner.candidate import Candidate
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimate import estimate_grid
 from planner.fidelity import Fidelity
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 from planner.search import search_blocks, search_offload
-from planner.trace_cache import TraceCache
+from planner.tracing.cache import TraceCache
 from planner.workload import ModelSpec, TorchvisionWorkload
 
 GiB = 1 << 30
@@ -138,7 +138,7 @@ class _Offloads:
 
 def test_offload_is_probed_only_where_none_does_not_fit_and_it_could_be_fastest():
     from plan_helpers import estimate as make_estimate
-    from planner.host_links import HostLink
+    from planner.hardware.host_links import HostLink
 
     small = Candidate(backbone="tsm_r18", head="gtad", batch_per_gpu=1, fidelity=Fidelity(25, 112))
     large, huge = dataclasses.replace(small, batch_per_gpu=4), dataclasses.replace(small, batch_per_gpu=8)

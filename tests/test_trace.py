@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from planner import trace as trace_module
-from planner import step_tracer as tracer_module
-from planner.allocator import ALLOC, replay
-from planner.autocast_rules import AutocastBannedError, CudaAutocastEmulation, policy_of
+from planner.tracing import recorder as trace_module
+from planner.tracing import step as tracer_module
+from planner.cost.allocator import ALLOC, replay
+from planner.tracing.autocast import AutocastBannedError, CudaAutocastEmulation, policy_of
 from planner.fidelity import Fidelity
-from planner.synthesis import StructureMismatch, extrapolate, steady_state
-from planner.trace import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER
-from planner.step_tracer import Tracer, run_step
+from planner.tracing.synthesis import StructureMismatch, extrapolate, steady_state
+from planner.tracing.recorder import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER
+from planner.tracing.step import Tracer, run_step
 from planner.workload import ModelSpec, StepSpec, TorchvisionWorkload, sgd_or_adam
 
 META = torch.device("meta")

@@ -96,8 +96,8 @@ def test_batchnorm_statistics_come_from_the_clips():
 
 
 def test_cpu_throughput_is_measured_and_replaces_the_constant():
-    from planner.cpu_speed import measure_cpu_tflops, with_measured_speed
-    from planner.profiles import get_profile
+    from planner.hardware.cpu_speed import measure_cpu_tflops, with_measured_speed
+    from planner.hardware.profiles import get_profile
 
     tflops = measure_cpu_tflops(seconds=0.2)
     assert 1e-4 < tflops < 100

@@ -14,8 +14,8 @@ def gpus(show_profiles: bool) -> None:
     from rich.table import Table
 
     from lofi.cli.console import console
-    from planner.nvml import detect_gpus
-    from planner.profiles import list_profiles
+    from planner.hardware.nvml import detect_gpus
+    from planner.hardware.profiles import list_profiles
 
     profiles = list_profiles()
     detection = detect_gpus(profiles)

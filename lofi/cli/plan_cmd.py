@@ -58,10 +58,10 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     from lofi.plan_request import check_measurable, plan_lofi, plan_request
     from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
-    from planner.nvml import resolve_target
+    from planner.hardware.nvml import resolve_target
     from planner.plan_file import plan_to_dict, save_plan
     from planner.planning import plan_from_request
-    from planner.profiles import list_profiles
+    from planner.hardware.profiles import list_profiles
 
     fidelities, cycles = select_fidelities(LOFI_AXES, parse_ints(tr, "tr"), parse_ints(sr, "sr"), parse_list(fidelity_names, "fidelity"))
     spec = GridSpec(

@@ -51,8 +51,8 @@ from torchvision.models.video import r2plus1d_18
 from lofi.errors import OptionError
 from lofi.models.encoder_checkpointing import parse_policy, run_segment, save_on_cpu
 from lofi.models.temporal_shift import ShiftBasicBlock, ShiftBottleneck
-from planner.block_costs import BlockCost, measure as measure_blocks
-from planner.block_costs import checkpoint_order as order_blocks
+from planner.tracing.block_costs import BlockCost, measure as measure_blocks
+from planner.tracing.block_costs import checkpoint_order as order_blocks
 
 # ImageNet statistics of torchvision's ResNet weights, also used by TSM (ops/models.py).
 BN_MODES = ("train", "frozen", "partial")
@@ -262,7 +262,7 @@ ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
 
 
 # Which residual blocks `blocks:N` checkpoints: the N that save the most activation
-# memory per recomputed FLOP, measured by `planner.block_costs` on one forward of the
+# memory per recomputed FLOP, measured by `planner.tracing.block_costs` on one forward of the
 # encoder on the meta device at a canonical input (one snippet of 8 frames at 224 x 224,
 # float32, BatchNorm frozen). The order is a function of the architecture alone, so
 # `lofi train` and the planner's trace (both set the policy through

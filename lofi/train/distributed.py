@@ -184,7 +184,7 @@ def average_gradients(parameters, context: DistContext, bucket_bytes: int = 25 *
     grads = [p.grad for p in params if p.grad is not None]
     for bucket in gradient_buckets([g.numel() * g.element_size() for g in grads], bucket_bytes):
         members = [grads[i] for i in bucket]
-        flat = _flatten_dense_tensors(members)  # the one flat bucket alive (planner.overheads.ddp_bytes)
+        flat = _flatten_dense_tensors(members)  # the one flat bucket alive (planner.cost.overheads.ddp_bytes)
         _collective("the gradient all-reduce", lambda flat=flat: dist.all_reduce(flat))
         flat /= context.world_size
         for grad, synced in zip(members, _unflatten_dense_tensors(flat, members)):

@@ -70,7 +70,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         if options.videos or options.frames or options.classification:
             raise OptionError("--videos/--frames/--classification need --annotations")
         from lofi.data.synth import SynthConfig, ensure_synthetic
-        from planner.trace_cache import cache_root
+        from planner.tracing.cache import cache_root
 
         paths = ensure_synthetic(cache_root(), SynthConfig(), progress=progress)
         full = SYNTH_FULL_FIDELITY
@@ -124,12 +124,12 @@ def auto_plan(
     (--max-epoch-hours) rejects candidates: the default's target time per epoch never
     does (a busy machine still trains, slower); a notice says how long an epoch takes."""
     from lofi.plan_workload import lofi_workload
-    from planner.cpu_speed import with_measured_speed
+    from planner.hardware.cpu_speed import with_measured_speed
     from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec
-    from planner.nvml import resolve_target
+    from planner.hardware.nvml import resolve_target
     from planner.planning import PlanRequest, make_plan
-    from planner.profiles import list_profiles
+    from planner.hardware.profiles import list_profiles
 
     target = resolve_target(options.gpu, list_profiles(), gpus=options.gpus, fallback="cpu")
     profile = target.profile
@@ -233,7 +233,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
     pretrain = None
     if pretrained is None and _pretrains_synthetic(resolved, from_scratch):
         from lofi.train.pretrain_stage import cached_weights_path
-        from planner.trace_cache import cache_root
+        from planner.tracing.cache import cache_root
 
         pretrain = SYNTH_PRETRAIN
         pretrained = str(cached_weights_path(cache_root(), plan.chosen.backbone, resolved.data, pretrain))

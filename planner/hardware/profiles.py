@@ -16,7 +16,7 @@ from typing import Any
 
 import planner
 from planner.errors import ProfileError
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 from planner.strict_json import Node, read_json_document
 
 PROFILES_ENV = "LOFI_PROFILES"

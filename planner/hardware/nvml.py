@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from planner.errors import ProfileError
-from planner.hardware import GpuProfile
-from planner.profiles import DEFAULT_GPU
+from planner.hardware.gpu_profile import GpuProfile
+from planner.hardware.profiles import DEFAULT_GPU
 
 MATCH_TOLERANCE = 0.15  # NVML's total may be a few % below the datasheet figure (reserved, ECC)
 _NVML_SOURCE = "NVML on this machine (nvidia-ml-py)"
@@ -84,7 +84,7 @@ def profile_from_nvml(figures: NvmlFigures) -> GpuProfile:
         fp16_tflops=round(4 * fp32, 1),
         bf16_tflops=round(4 * fp32, 1) if has_bf16 else None,
         bandwidth_gbps=round(bandwidth, 1),
-        source=f"{_NVML_SOURCE}: no profile file; throughput derived from cores x clock (see planner/nvml.py)",
+        source=f"{_NVML_SOURCE}: no profile file; throughput derived from cores x clock (see planner/hardware/nvml.py)",
     )
 
 

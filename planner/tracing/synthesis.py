@@ -1,6 +1,6 @@
 """Event streams for the allocator, assembled from traced steps.
 
-A traced step (`planner.trace.Trace`) is the first step of training. What the caching
+A traced step (`planner.tracing.recorder.Trace`) is the first step of training. What the caching
 allocator sees in a run is that step followed by steady-state steps, so from one trace:
 
     setup | step 1: micro_1 [micro_2] opt | step 2: micro_1 [micro_2] opt (no new state)
@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from planner.allocator import ALLOC, FREE
-from planner.trace import ACTIVATION, GRADIENT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
+from planner.cost.allocator import ALLOC, FREE
+from planner.tracing.recorder import ACTIVATION, GRADIENT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
 
 
 class StructureMismatch(ValueError):

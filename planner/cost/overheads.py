@@ -8,7 +8,7 @@ measurements on a real GPU, the calibration issue).
 
 and the sizes of the workspaces PyTorch takes from its caching allocator (cuBLAS per
 handle and stream, the cuDNN convolution workspace), which the replay allocates
-(`workspaces`, `planner.synthesis.with_workspaces`).
+(`workspaces`, `planner.tracing.synthesis.with_workspaces`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
-from planner.allocator import CachingAllocatorModel
+from planner.cost.allocator import CachingAllocatorModel
 from planner.errors import ProfileError
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 from planner.strict_json import Node, read_json_document
 
 
@@ -60,7 +60,7 @@ _CONSTANTS = tuple(f.name for f in fields(Overheads) if f.name not in ("version"
 
 
 def default_path() -> Path:
-    from planner.profiles import profiles_dir
+    from planner.hardware.profiles import profiles_dir
 
     return profiles_dir() / "overheads.json"
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from planner.hardware import GpuProfile
+from planner.hardware.gpu_profile import GpuProfile
 
 
 def measure_cpu_tflops(seconds: float = 1.0, *, channels: int = 64, size: int = 32, batch: int = 16) -> float:
@@ -44,5 +44,5 @@ def with_measured_speed(profile: GpuProfile, seconds: float = 1.0) -> GpuProfile
         profile,
         fp32_tflops=tflops,
         fp16_tflops=tflops,
-        source=profile.source + f"; throughput measured here: {tflops * 1000:.0f} GFLOP/s (planner.cpu_speed)",
+        source=profile.source + f"; throughput measured here: {tflops * 1000:.0f} GFLOP/s (planner.hardware.cpu_speed)",
     )

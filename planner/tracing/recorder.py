@@ -11,16 +11,16 @@ backward), so recomputation under checkpointing is counted.
 
 Tensors live on the "meta" device by default (no memory, shape inference only); mode
 "fake" runs the same step under FakeTensorMode on fake CPU tensors (slower, used to
-cross-check). CUDA-specific behaviour is emulated: autocast (`planner.autocast_rules`),
+cross-check). CUDA-specific behaviour is emulated: autocast (`planner.tracing.autocast`),
 the foreach optimizers CUDA defaults to (`planner.workload.sgd_or_adam`). Kernel scratch
 that PyTorch takes from the caching allocator is not a tensor: every convolution (forward
 and backward) records a cuDNN workspace block, allocated after its outputs and freed at
 its end, with size 0 here; `planner.estimate` gives it the workspace size of the target
 (and adds the cuBLAS workspaces, allocated once per handle and stream).
 
-One step is traced (`planner.step_tracer`): setup (parameters), data, forward (+loss),
+One step is traced (`planner.tracing.step`): setup (parameters), data, forward (+loss),
 backward, optimizer (step, zero_grad). The steady state (optimizer state present, the
-previous batch replaced, accumulation) is assembled from it by `planner.synthesis`.
+previous batch replaced, accumulation) is assembled from it by `planner.tracing.synthesis`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from planner.allocator import ALLOC, FREE
+from planner.cost.allocator import ALLOC, FREE
 from planner.errors import PlannerError
-from planner.meta_kernels import META_KERNELS
+from planner.tracing.meta_kernels import META_KERNELS
 
 PARAMETER, GRADIENT, OPTIMIZER_STATE, ACTIVATION, INPUT, STUB, WORKSPACE = range(7)
 CATEGORY_NAMES = ("parameter", "gradient", "optimizer_state", "activation", "input", "stub", "workspace")

@@ -18,8 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from planner.errors import ProfileError
-from planner.hardware import GpuProfile
-from planner.profiles import profiles_dir
+from planner.hardware.gpu_profile import GpuProfile
+from planner.hardware.profiles import profiles_dir
 
 
 @dataclass(frozen=True)

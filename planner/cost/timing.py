@@ -14,7 +14,7 @@ over the hardware's peak):
 
 Activation offload adds its copies: the bytes offloaded per micro-batch go to the host
 in forward and come back in backward, each way at the host link's rate per direction
-(`planner.host_links`), assumed not to overlap with compute: an upper bound on the
+(`planner.hardware.host_links`), assumed not to overlap with compute: an upper bound on the
 step's time as far as the copies go.
 
 Not modelled: data loading and video decoding (assumed to keep up), DDP's all-reduce
@@ -28,9 +28,9 @@ import math
 
 from planner.candidate import Candidate
 from planner.estimate_types import TimeEstimate
-from planner.hardware import GpuProfile
-from planner.host_links import HostLink
-from planner.overheads import Overheads
+from planner.hardware.gpu_profile import GpuProfile
+from planner.hardware.host_links import HostLink
+from planner.cost.overheads import Overheads
 
 
 def sustained_flops(profile: GpuProfile, precision: str, overheads: Overheads) -> float | None:

@@ -66,7 +66,7 @@ NEEDED_TOLERANCE = 32 << 20  # bisection of `needed_capacity` stops within 32 Mi
 ALLOC, FREE = 1, 0
 _SHIFT = 48  # free-list keys: size << 48 | address (segment addresses stay below 2**48)
 _ADDR = (1 << _SHIFT) - 1
-N_CATEGORIES = 8  # category codes are small ints < N_CATEGORIES (see planner.trace)
+N_CATEGORIES = 8  # category codes are small ints < N_CATEGORIES (see planner.tracing.recorder)
 
 
 def round_size(nbytes: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from planner.atomic_files import atomic_write
-from planner.trace import TRACE_FORMAT, Trace
+from planner.tracing.recorder import TRACE_FORMAT, Trace
 from planner.workload import StepSpec
 
 CACHE_ENV = "LOFI_CACHE"
@@ -69,10 +69,11 @@ def trace_key(workload_key: str, step: StepSpec, batch_size: int) -> str:
 
 @lru_cache(maxsize=1)
 def _tracer_source_hash() -> str:
-    here = Path(__file__).resolve().parent
+    planner = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for name in ("trace.py", "step_tracer.py", "meta_kernels.py", "autocast_rules.py", "workload.py", "block_costs.py"):
-        digest.update((here / name).read_bytes())
+    for name in ("tracing/recorder.py", "tracing/step.py", "tracing/meta_kernels.py", "tracing/autocast.py",
+                 "tracing/block_costs.py", "workload.py"):
+        digest.update((planner / name).read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -1,6 +1,6 @@
 """Drive one training step of a workload under the recorder: build (or reuse) the model
 on the meta device, then setup, data, forward under emulated autocast, backward,
-optimizer step and zero_grad (`run_step`). See planner/trace.py for what is recorded.
+optimizer step and zero_grad (`run_step`). See planner/tracing/recorder.py for what is recorded.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import torch
 from torch import nn
 
-from planner.autocast_rules import LOWER_DTYPES, CudaAutocastEmulation
+from planner.tracing.autocast import LOWER_DTYPES, CudaAutocastEmulation
 from planner.errors import PlannerError
-from planner.trace import (
+from planner.tracing.recorder import (
     _ACTIVE,
     ACTIVATION,
     GRADIENT,
@@ -93,7 +93,7 @@ def run_step(
 ) -> Trace:
     """Trace setup, then `steps` optimizer steps of `accumulation` micro-batches each:
     data, forward (+loss), backward per micro-batch; optimizer step and zero_grad. The
-    planner traces one step and synthesizes the rest (`planner.synthesis`); more steps
+    planner traces one step and synthesizes the rest (`planner.tracing.synthesis`); more steps
     are the reference that synthesis is tested against."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

@@ -99,7 +99,7 @@ def measure_on_cpu(document: dict) -> dict:
     """The same steps on the CPU under the planner's recorder: the tensors' bytes."""
     import torch
 
-    from planner.cost.allocator import replay
+    from planner.cost.replay import replay
     from planner.plan_file import candidate_from_dict
     from planner.tracing.recorder import PARAMETER, Recorder
 

@@ -13,7 +13,7 @@ For each fidelity a candidate trains at (one, or each member of its cycle):
      (`planner.cost.allocator`; plain on the cpu profile): the allocated peak and bytes by
      category there, the reserved peak on a GPU with room to spare, and the needed
      capacity, bisected with the allocator's release-and-retry path
-     (`allocator.needed_capacity`), with the cache releases per step it costs there;
+     (`planner.cost.replay.needed_capacity`), with the cache releases per step it costs there;
   4. plus CUDA context, DDP buckets and NCCL buffers (`planner.cost.overheads`), and time
      from the traced FLOPs (`planner.cost.timing`), with the host copies of activation
      offload (`Trace.host_sizes`, the host link of `planner.hardware.host_links`) and the pinned
@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.cost.allocator import ReplayResult, needed_capacity, replay
+from planner.cost.allocator import ReplayResult
+from planner.cost.replay import needed_capacity, replay
 from planner import checkpointing
 from planner.candidate import Candidate
 from planner.choose import DEFAULT_MARGIN, usable_bytes
@@ -194,7 +195,7 @@ def estimate_group(requests, store, profile, overheads, kind, usable: int) -> di
     """Replays of one model spec's requests (traces from `store`: cache, else traced).
     The needed capacity is bisected to 32 MiB where it decides the fit, between what the
     allocator may hold of the `usable` bytes (all but the context and DDP/NCCL) and
-    that plus DDP/NCCL; elsewhere to 1 % (`allocator.needed_capacity`)."""
+    that plus DDP/NCCL; elsewhere to 1 % (`planner.cost.replay.needed_capacity`)."""
     out = {}
     spaces = workspaces(profile, overheads)
     for r in requests:
@@ -363,7 +364,7 @@ def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, 
                 verdict: tuple[int, int] | None = None) -> StepMemory:
     """Unlimited replay and needed capacity of the steady state of `trace`; `verdict`:
     the allocator capacities between which the fit is decided (outside them the needed
-    capacity is bisected to within 1 % of the allocated peak, `allocator.needed_capacity`).
+    capacity is bisected to within 1 % of the allocated peak, `planner.cost.replay.needed_capacity`).
 
     Hundreds of repeated periods (a chunked encoder at batch 16) would make a stream of
     millions of events, but a period leaves next to nothing behind: the allocated peak

@@ -7,17 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.cost.allocator import (
-    ALLOC,
-    FREE,
-    LARGE_BUFFER,
-    SMALL_BUFFER,
-    CachingAllocatorModel,
-    needed_capacity,
-    replay,
-    round_size,
-    segment_size,
-)
+from planner.cost.allocator import (ALLOC, FREE, LARGE_BUFFER, SMALL_BUFFER, CachingAllocatorModel, round_size, segment_size)
+from planner.cost.replay import needed_capacity, replay
 
 KiB, MiB = 1 << 10, 1 << 20
 

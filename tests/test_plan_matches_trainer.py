@@ -19,7 +19,7 @@ from lofi.plan_workload import lofi_workload
 from lofi.train.config import OptimConfig
 from lofi.train.lofi_stage import _micro_step
 from lofi.train.loop import grad_scaler, make_optimizer
-from planner.cost.allocator import replay
+from planner.cost.replay import replay
 from planner.candidate import Candidate
 from planner.estimate import estimate_candidate
 from planner.fidelity import Fidelity

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lofi.plan_workload import LofiWorkload
-from planner.cost.allocator import replay
+from planner.cost.replay import replay
 from planner.tracing.autocast import CudaAutocastEmulation
 from lofi.fidelities import T_LOFI
 from planner.fidelity import Fidelity

@@ -13,7 +13,8 @@ from torch import nn
 
 from planner.tracing import recorder as trace_module
 from planner.tracing import step as tracer_module
-from planner.cost.allocator import ALLOC, replay
+from planner.cost.allocator import ALLOC
+from planner.cost.replay import replay
 from planner.tracing.autocast import AutocastBannedError, CudaAutocastEmulation, policy_of
 from planner.fidelity import Fidelity
 from planner.tracing.synthesis import StructureMismatch, extrapolate, steady_state

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lofi.plan_axes import LOFI_AXES
 from lofi.plan_workload import lofi_workload
-from planner.estimate import TRACE_BATCHES
+from planner.trace_store import TRACE_BATCHES
 from planner.grid import GridSpec, build_grid
 from planner.planning import PlanRequest, estimate_searched
 from planner.hardware.profiles import get_profile

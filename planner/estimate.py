@@ -2,18 +2,19 @@
 not see.
 
 For each fidelity a candidate trains at (one, or each member of its cycle):
-  1. traces of one training step at batch sizes 2 and 3 (`planner.tracing.step`, cached on disk
-     by `planner.tracing.cache`; missing ones traced in worker processes), extrapolated to
-     the candidate's batch size (`synthesis.extrapolate`: sizes are affine in the batch)
-     and, for chunked checkpointing, with the skipped chunks filled in (`expand_periods`);
+  1. traces of one training step at batch sizes 2 and 3 (`planner.tracing.step`, cached
+     on disk by `planner.tracing.cache`; missing ones traced in worker processes),
+     extrapolated to the candidate's batch size (`planner.trace_store.TraceStore`: sizes
+     are affine in the batch) and, for chunked checkpointing, with the skipped chunks
+     filled in (`synthesis.expand_periods`);
   2. the steady state: two optimizer steps of up to two micro-batches, so optimizer state
      exists and accumulated gradients persist (`synthesis.steady_state`);
-  3. with the cuBLAS/cuDNN workspaces the caching allocator hands out
-     (`synthesis.with_workspaces`), replayed through the CUDA caching-allocator model
-     (`planner.cost.allocator`; plain on the cpu profile): the allocated peak and bytes by
-     category there, the reserved peak on a GPU with room to spare, and the needed
-     capacity, bisected with the allocator's release-and-retry path
-     (`planner.cost.replay.needed_capacity`), with the cache releases per step it costs there;
+  3. with the cuBLAS/cuDNN workspaces the caching allocator hands out, replayed through
+     the CUDA caching-allocator model (`planner.step_memory`; plain on the cpu profile):
+     the allocated peak and bytes by category there, the reserved peak on a GPU with room
+     to spare, and the needed capacity, bisected with the allocator's release-and-retry
+     path (`planner.cost.replay.needed_capacity`), with the cache releases per step it
+     costs there;
   4. plus CUDA context, DDP buckets and NCCL buffers (`planner.cost.overheads`), and time
      from the traced FLOPs (`planner.cost.timing`), with the host copies of activation
      offload (`Trace.host_sizes`, the host link of `planner.hardware.host_links`) and the pinned
@@ -38,25 +39,21 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.cost.allocator import ReplayResult
-from planner.cost.replay import needed_capacity, replay
 from planner import checkpointing
 from planner.candidate import Candidate
 from planner.choose import DEFAULT_MARGIN, usable_bytes
+from planner.cost.overheads import Overheads, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
+from planner.cost.timing import mean_time, offload_seconds, time_estimate
 from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from planner.hardware.gpu_profile import GpuProfile
-from planner.cost.overheads import Overheads, Workspaces, context_bytes, ddp_bytes, load_overheads, nccl_bytes, workspaces
-from planner.tracing.synthesis import (StructureMismatch, expand_periods, expanded_flops, extrapolate, steady_state, with_repeats,
-                               with_state, with_workspaces)
 from planner.hardware.host_links import host_link
-from planner.cost.timing import mean_time, offload_seconds, time_estimate
-from planner.tracing.recorder import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE, Trace
-from planner.tracing.step import Tracer
-from planner.tracing.cache import TraceCache, trace_key
-from planner.workload import ModelSpec, StepSpec, Workload, step_specs
+from planner.step_memory import StepMemory
+from planner.trace_store import TraceStore
+from planner.tracing.cache import TraceCache
+from planner.tracing.recorder import ACTIVATION, GRADIENT, INPUT, OPTIMIZER_STATE, PARAMETER, STUB, WORKSPACE
+from planner.tracing.synthesis import expanded_flops
+from planner.workload import StepSpec, Workload, step_specs
 
-REPEAT_CAP = 2  # more repeated periods than this: replay at 1 and 2 and extrapolate
-TRACE_BATCHES = (2, 3)  # traced batch sizes; others are extrapolated (batch 1 too: no batch-1 special cases)
 WORKERS_ENV = "LOFI_PLAN_WORKERS"
 PARALLEL_MIN_GROUPS = 4  # fewer model specs than this: work in-process
 
@@ -135,15 +132,6 @@ class Request:
     accumulation: int  # 1, or 2 standing for any number >= 2
     expandable: bool = False
     world_size: int = 1  # where the verdict falls (DDP and NCCL memory) decides how exactly to bisect
-
-
-@dataclass(frozen=True)
-class StepMemory:
-    """The allocator's view of a steady-state step."""
-
-    free: ReplayResult  # unlimited replay: allocated peak, categories, unconstrained reserved peak
-    needed: int  # the smallest capacity without an OOM
-    releases_per_step: int  # cache releases in the last step at that capacity
 
 
 @dataclass(frozen=True)
@@ -279,134 +267,6 @@ def _cost(group: set[Request]) -> float:
     """Rough tracing + replay cost, to start the heaviest groups first."""
     step = next(iter(group)).step
     return len(group) * (4.0 if checkpointing.parse(step.model.checkpointing).kind == "chunk" else 1.0) * step.model.fidelity.tr
-
-
-class TraceStore:
-    """Traces of one workload: the cache first, else traced (grouped by model, so each
-    model is built once), and their allocator replays, memoized."""
-
-    def __init__(self, workload: Workload, cache: TraceCache) -> None:
-        self.workload = workload
-        self.cache = cache
-        self._tracer: Tracer | None = None
-        self._replays: dict[tuple, StepMemory] = {}
-        self._extra: dict[ModelSpec, tuple[int, ...]] = {}
-        self._at_batch: dict[tuple[StepSpec, int], Trace] = {}
-
-    def cached(self, step: StepSpec, batch: int) -> Trace | None:
-        return self.cache.get(trace_key(self.workload.key, step, batch))
-
-    def trace(self, step: StepSpec, batch: int) -> Trace:
-        step = step.traced()
-        found = self.cached(step, batch)
-        if found is None:
-            if self._tracer is None:
-                self._tracer = Tracer(self.workload)
-            found = self._tracer.trace(step, batch)
-            self.cache.put(trace_key(self.workload.key, step, batch), found)
-        return found
-
-    def at_batch(self, step: StepSpec, batch: int) -> Trace:
-        """The trace at `batch`: extrapolated from the traced batch sizes, or traced."""
-        key = (step, batch)
-        if key not in self._at_batch:
-            first, second = (self.trace(step, b) for b in TRACE_BATCHES)
-            try:
-                trace = extrapolate(first, second, batch)
-            except StructureMismatch:
-                trace = self.trace(step, batch)
-            trace = with_state(trace, self.extra_state(step.model))
-            self._at_batch = {key: trace}  # keep one: traces are large
-        return self._at_batch[key]
-
-    def extra_state(self, spec: ModelSpec) -> tuple[int, ...]:
-        """Bytes of each parameter or buffer the model of `spec` holds beyond the traced
-        model (`ModelSpec.traced`): a cycle's state for its other members."""
-        if not spec.cycle:
-            return ()
-        if spec not in self._extra:
-            def sizes(model_spec: ModelSpec) -> dict[str, int]:
-                model = self.workload.build_model(model_spec, torch.device("meta"))
-                named = [*model.named_parameters(), *model.named_buffers()]
-                return {name: t.untyped_storage().nbytes() for name, t in named}
-
-            full, traced = sizes(spec), sizes(spec.traced)
-            self._extra[spec] = tuple(n for name, n in full.items() if traced.get(name) != n)
-        return self._extra[spec]
-
-    def step_memory(self, step: StepSpec, batch: int, accumulation: int, kind: str, spaces: Workspaces,
-                    expandable: bool = False, verdict: tuple[int, int] | None = None) -> StepMemory:
-        """The unlimited replay of the steady state at `batch` and its needed capacity
-        (memoized: GPU counts with the same workspaces share them)."""
-        key = (step, batch, min(accumulation, 2), kind, spaces, expandable, verdict)
-        if key not in self._replays:
-            self._replays[key] = step_memory(self.at_batch(step, batch), accumulation, kind, spaces, expandable,
-                                             verdict)
-        return self._replays[key]
-
-
-def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | None,
-                  spaces: Workspaces = Workspaces((), 0), expandable: bool = False, *, probe: bool = False
-                  ) -> ReplayResult:
-    """The allocator over the steady state of `trace` with its workspaces, at `capacity`
-    (None: unlimited); retries in the last step count as `retries_late`. `probe`: stop
-    at the first out-of-memory (a bisection step)."""
-    events = steady_events(trace, accumulation, spaces)
-    return replay(events.ops, events.ids, events.sizes, events.categories, kind=kind, capacity=capacity,
-                  small_pool="packed", expandable=expandable, count_from=events.last_step, stop_on_oom=probe)
-
-
-def steady_events(trace: Trace, accumulation: int, spaces: Workspaces):
-    return with_workspaces(steady_state(expand_periods(trace), accumulation), spaces.cublas, spaces.cudnn)
-
-
-def step_memory(trace: Trace, accumulation: int, kind: str, spaces: Workspaces, expandable: bool = False,
-                verdict: tuple[int, int] | None = None) -> StepMemory:
-    """Unlimited replay and needed capacity of the steady state of `trace`; `verdict`:
-    the allocator capacities between which the fit is decided (outside them the needed
-    capacity is bisected to within 1 % of the allocated peak, `planner.cost.replay.needed_capacity`).
-
-    Hundreds of repeated periods (a chunked encoder at batch 16) would make a stream of
-    millions of events, but a period leaves next to nothing behind: the allocated peak
-    (and each category) is affine in the number of periods while the allocator's slack
-    (reserved or needed, minus allocated) stays the same, so replay with 1 and 2 periods
-    and extrapolate (tests/test_plan_workload.py: within 1% of the full replay)."""
-
-    def bisect(t: Trace) -> tuple[int, ReplayResult, ReplayResult]:
-        events = steady_events(t, accumulation, spaces)
-        arrays = (events.ops, events.ids, events.sizes, events.categories)
-        if kind == "plain":
-            free = replay(*arrays, kind=kind)
-            return free.allocated_peak, free, free
-
-        def run(capacity: int | None) -> ReplayResult:
-            return replay(*arrays, kind=kind, capacity=capacity, small_pool="packed", expandable=expandable,
-                          count_from=events.last_step, stop_on_oom=capacity is not None)
-
-        return needed_capacity(run, verdict=verdict)
-
-    repeats = trace.repeats
-    if repeats <= REPEAT_CAP:
-        needed, at_needed, free = bisect(trace)
-        return StepMemory(free, needed, at_needed.retries_late)
-    low, high = REPEAT_CAP - 1, REPEAT_CAP
-    a = replay_steady(with_repeats(trace, low), accumulation, kind, None, spaces, expandable)
-    verdict = None  # the two-period stream is smaller than the step: bisect it to 32 MiB
-    needed_b, at_needed, b = bisect(with_repeats(trace, high))
-    t = (repeats - low) / (high - low)
-
-    def affine(x: int, y: int) -> int:
-        return round(x + (y - x) * t)
-
-    allocated = affine(a.allocated_peak, b.allocated_peak)
-    free = ReplayResult(
-        allocated_peak=allocated,
-        reserved_peak=max(allocated, b.reserved_peak + allocated - b.allocated_peak),
-        peak_by_category=tuple(affine(x, y) for x, y in zip(a.peak_by_category, b.peak_by_category)),
-        peak_event=-1,
-        segments=b.segments,
-    )
-    return StepMemory(free, max(allocated, needed_b + allocated - b.allocated_peak), at_needed.retries_late)
 
 
 def _workers(requested: int | None, groups: int) -> int:

@@ -48,7 +48,7 @@ class ModelSpec:
         """The spec whose step is traced: without the cycle. A cycle member's model
         differs from the single-fidelity one only by state it holds for the other
         members (e.g. a head's sampling matrices), added to the trace as allocations at
-        setup (`planner.estimate.TraceStore.at_batch`)."""
+        setup (`planner.trace_store.TraceStore.at_batch`)."""
         return replace(self, cycle=())
 
     @property

@@ -13,7 +13,8 @@ import pytest
 
 from planner.candidate import Candidate
 from planner.errors import ProfileError
-from planner.estimate import TRACE_BATCHES, estimate_candidate, estimate_grid
+from planner.trace_store import TRACE_BATCHES
+from planner.estimate import estimate_candidate, estimate_grid
 from planner.fidelity import Fidelity
 from planner.hardware.gpu_profile import GpuProfile
 from planner.cost.overheads import default_path, load_overheads, nccl_bytes, workspace_bytes
@@ -122,7 +123,7 @@ def test_needed_capacity_does_not_depend_on_the_device(workload, cache):
     """The verdict's number is the capacity the step needs, bisected with the allocator's
     release path: the same on any device, at most the unconstrained reserved peak, and
     the replay at it has no OOM while 32 MiB less would have one (planner.cost.allocator)."""
-    from planner.estimate import step_memory
+    from planner.step_memory import step_memory
     from planner.cost.overheads import workspaces
     from planner.workload import step_specs
 

@@ -159,7 +159,7 @@ def test_a_cycle_member_is_its_single_fidelity_trace_plus_the_other_members_stat
     """A C-LoFi member's model holds the head's sampling matrices of every member: the
     planner traces the single-fidelity model and adds those buffers at setup; the
     model built with the whole cycle, traced directly, allocates the same."""
-    from planner.estimate import TraceStore
+    from planner.trace_store import TraceStore
     from planner.tracing.cache import TraceCache
 
     cycle = (TINY, Fidelity(16, 32, 2))

@@ -15,7 +15,7 @@ from planner.choose import Ranking
 from planner.errors import PlannerError
 from planner.grid import GridSpec
 from planner.hardware.nvml import Target
-from planner.plan_file import Measurement, Plan
+from planner.plan import Measurement, Plan
 from planner.planning import PlanRequest, estimate_and_rank, measure_and_rerank, plan_from_request
 
 ACTIVITYNET_SOURCE = f"{ACTIVITYNET_DATASET}; --videos or --annotations to change"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planner.candidate import Candidate
-from planner.plan_file import Plan, PlanEntry
+from planner.plan import Plan, PlanEntry
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def frontier(entries: Sequence[PlanEntry], chosen: Candidate, usable_bytes: int,
 
 def plan_frontier(plan: Plan) -> Frontier:
     """The frontier of a plan's choice."""
-    return frontier(plan.candidates, plan.chosen, plan.usable_bytes, plan.hardware.memory_bytes)
+    return frontier(plan.candidates, plan.chosen, plan.scope.usable_bytes, plan.scope.hardware.memory_bytes)
 
 
 def _seconds(value: float | None) -> float:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 
 from planner.candidate import Candidate
 from planner.errors import PlanFileError
-from planner.plan_file import Measurement, candidate_to_dict, measurement_from_dict
+from planner.plan import Measurement
+from planner.plan_file import candidate_to_dict, measurement_from_dict
 
 DEFAULT_TIMEOUT_S = 900.0
 

@@ -1,6 +1,7 @@
-"""plan.json: what the planner decided, and everything the trainer needs to build the run.
+"""plan.json: what the planner decided (`planner.plan`), and everything the trainer needs to
+build the run.
 
-A versioned schema (SCHEMA, VERSION). Frozen dataclasses <-> JSON; saved atomically;
+A versioned schema (SCHEMA, VERSION). The plan's frozen dataclasses <-> JSON; saved atomically;
 loaded strictly: an unknown or missing key, a wrong type or an inconsistent total is a
 PlanFileError that names the field (e.g. `candidates[3].estimate.memory.activations`).
 """
@@ -9,170 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from planner.atomic_files import atomic_write_text
 from planner.candidate import Candidate
-from planner.choose import Ranking
 from planner.errors import PlanFileError
-from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
+from planner.estimate_types import MemoryEstimate, TimeEstimate
 from planner.fidelity import Fidelity
-from planner.hardware.gpu_profile import GpuProfile
+from planner.plan import Hardware, Measurement, Plan, PlanEntry, PlanScope
 from planner.strict_json import Node as _Node
 from planner.strict_json import kind as _kind
 from planner.strict_json import read_json_document
 
 SCHEMA = "lofi.plan"
 VERSION = 2  # 2: needed capacity, unconstrained reserved peak, cache releases, expandable segments
-
-
-@dataclass(frozen=True)
-class Hardware:
-    name: str
-    display_name: str
-    memory_bytes: int
-    kind: str = "gpu"
-    detected: bool = False  # True: read from NVML on this machine; False: a profile by name
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """A candidate run for real (planner.measure_finalists)."""
-
-    oom: bool
-    max_allocated_bytes: int | None = None
-    max_reserved_bytes: int | None = None
-    nvml_used_bytes: int | None = None
-    step_seconds: float | None = None
-    device: str | None = None
-    error: str | None = None
-    needed_bytes: int | None = None  # smallest capacity without OOM (set_per_process_memory_fraction bisection)
-    alloc_retries: int | None = None  # torch.cuda.memory_stats()["num_alloc_retries"] over the run
-    context_bytes: int | None = None  # NVML used after CUDA init minus before
-
-
 MEASUREMENT_EXTRAS = ("needed_bytes", "alloc_retries", "context_bytes")  # optional in a result line
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    rank: int
-    candidate: Candidate
-    memory: MemoryEstimate
-    time: TimeEstimate | None
-    fits: bool
-    reason: str | None
-    quality_tier: int
-    quality: str  # one line: what its quality rank rests on (Quality.summary)
-    paper_avg_map: float | None = None  # Quality.reported_score (the name is plan.json's)
-    measured: Measurement | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return self.memory.total
-
-    @property
-    def estimate(self) -> CandidateEstimate:
-        return CandidateEstimate(self.candidate, self.memory, self.time)
-
-
-@dataclass(frozen=True)
-class Plan:
-    hardware: Hardware
-    gpus: int
-    nodes: int
-    margin: float
-    usable_bytes: int
-    global_batch: int
-    videos_per_epoch: int
-    dataset: str  # where videos_per_epoch comes from
-    chosen: Candidate
-    memory: MemoryEstimate  # the chosen candidate's estimate
-    time: TimeEstimate | None
-    why: str
-    candidates: tuple[PlanEntry, ...]
-    notices: tuple[str, ...] = ()
-    created: str = ""
-
-    def entry_for(self, candidate: Candidate) -> PlanEntry | None:
-        """The plan's entry of `candidate`; None when the plan does not rank it."""
-        return next((entry for entry in self.candidates if entry.candidate == candidate), None)
-
-    def next_smaller(self, failed: Candidate, tried: Collection[Candidate] = ()) -> PlanEntry | None:
-        """What to train after `failed` ran out of memory despite the plan: the first
-        entry in rank order (best first) that fits, was not tried, is estimated below
-        `failed` and trains the same model (backbone and head: the weights trained so far
-        carry over); None when there is none."""
-        failed_entry = self.entry_for(failed)
-        for entry in sorted(self.candidates, key=lambda e: e.rank):
-            if entry.candidate == failed or entry.candidate in tried or not entry.fits:
-                continue
-            if failed_entry is not None and entry.total_bytes >= failed_entry.total_bytes:
-                continue
-            if (entry.candidate.backbone, entry.candidate.head) != (failed.backbone, failed.head):
-                continue
-            return entry
-        return None
-
-
-def plan_from_ranking(
-    ranking: Ranking,
-    profile: GpuProfile,
-    *,
-    margin: float,
-    global_batch: int,
-    videos_per_epoch: int,
-    dataset: str,
-    detected: bool = False,
-    notices: tuple[str, ...] = (),
-    measured: dict[int, Measurement] | None = None,
-) -> Plan:
-    """A Plan from a Ranking that has a chosen candidate; `measured` maps rank -> result."""
-    if ranking.chosen is None or ranking.why is None:
-        raise ValueError("a plan needs a chosen candidate")
-    entries = entries_from_ranking(ranking, measured)
-    chosen = ranking.chosen
-    return Plan(
-        hardware=Hardware(profile.name, profile.display_name, profile.memory_bytes, profile.kind, detected),
-        gpus=chosen.candidate.gpus,
-        nodes=chosen.candidate.nodes,
-        margin=margin,
-        usable_bytes=ranking.usable_bytes,
-        global_batch=global_batch,
-        videos_per_epoch=videos_per_epoch,
-        dataset=dataset,
-        chosen=chosen.candidate,
-        memory=chosen.estimate.memory,
-        time=chosen.estimate.time,
-        why=ranking.why,
-        candidates=entries,
-        notices=notices,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def entries_from_ranking(ranking: Ranking, measured: dict[int, Measurement] | None = None) -> tuple[PlanEntry, ...]:
-    """Plan entries for every ranked candidate (also when nothing fits, for the report)."""
-    measured = measured or {}
-    return tuple(
-        PlanEntry(
-            rank=r.rank,
-            candidate=r.candidate,
-            memory=r.estimate.memory,
-            time=r.estimate.time,
-            fits=r.fits,
-            reason=r.reason,
-            quality_tier=r.quality.tier,
-            quality=r.quality.summary(),
-            paper_avg_map=r.quality.reported_score,
-            measured=measured.get(r.rank),
-        )
-        for r in ranking.ranked
-    )
 
 
 # --- dataclasses -> JSON -------------------------------------------------------------
@@ -208,17 +62,18 @@ def estimate_to_dict(memory: MemoryEstimate, time: TimeEstimate | None) -> dict[
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    scope = plan.scope
     return {
         "schema": SCHEMA,
         "version": VERSION,
         "created": plan.created,
-        "hardware": {f.name: getattr(plan.hardware, f.name) for f in fields(plan.hardware)},
-        "gpus": plan.gpus,
-        "nodes": plan.nodes,
-        "margin": plan.margin,
-        "usable_bytes": plan.usable_bytes,
-        "global_batch": plan.global_batch,
-        "dataset": {"videos_per_epoch": plan.videos_per_epoch, "source": plan.dataset},
+        "hardware": {f.name: getattr(scope.hardware, f.name) for f in fields(scope.hardware)},
+        "gpus": scope.gpus,
+        "nodes": scope.nodes,
+        "margin": scope.margin,
+        "usable_bytes": scope.usable_bytes,
+        "global_batch": scope.global_batch,
+        "dataset": {"videos_per_epoch": scope.videos_per_epoch, "source": scope.dataset},
         "chosen": candidate_to_dict(plan.chosen),
         "estimate": estimate_to_dict(plan.memory, plan.time),
         "why": plan.why,
@@ -274,7 +129,7 @@ def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:
     margin = root.float("margin")
     if not 0.0 <= margin < 1.0:
         raise PlanFileError(f"{origin}: margin must be in [0, 1), got {margin}")
-    plan = Plan(
+    scope = PlanScope(
         hardware=hardware,
         gpus=root.int("gpus", minimum=1),
         nodes=root.int("nodes", minimum=1),
@@ -283,6 +138,9 @@ def plan_from_dict(document: Any, origin: str = "plan.json") -> Plan:
         global_batch=root.int("global_batch", minimum=1),
         videos_per_epoch=videos,
         dataset=dataset_source,
+    )
+    plan = Plan(
+        scope=scope,
         chosen=_candidate(root.obj("chosen")),
         memory=memory,
         time=time,

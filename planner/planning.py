@@ -15,7 +15,7 @@ from planner.grid import GridSpec, build_grid
 from planner.hardware.gpu_profile import GpuProfile
 from planner.hardware.host_links import host_link
 from planner.measure_finalists import measure_candidates
-from planner.plan_file import Measurement, Plan, plan_from_ranking
+from planner.plan import Measurement, Plan, plan_from_ranking
 from planner.search import search_blocks, search_offload
 from planner.tracing.cache import TraceCache
 from planner.workload import Workload

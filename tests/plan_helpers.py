@@ -8,7 +8,7 @@ from planner.candidate import Candidate
 from planner.choose import rank_candidates, usable_bytes
 from planner.estimate_types import CandidateEstimate, MemoryEstimate, TimeEstimate
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET
-from planner.plan_file import Plan, plan_from_ranking
+from planner.plan import Plan, plan_from_ranking
 from planner.hardware.profiles import get_profile
 
 GiB = 2**30

@@ -8,7 +8,7 @@ from lofi.plan_axes import LOFI_AXES
 from planner.choose import rank_candidates, usable_bytes
 from lofi.fidelities import LOW_BUDGET, ST_LOFI
 from planner.frontier import frontier, plan_frontier
-from planner.plan_file import plan_from_ranking
+from planner.plan import plan_from_ranking
 from planner.hardware.profiles import get_profile
 
 V100 = get_profile("v100-32gb")
@@ -40,7 +40,7 @@ def test_points_are_the_choices_policies_with_fits_pareto_and_choice():
     assert plan.chosen.checkpointing == "chunk:2" and plan.chosen.backbone == "tsm_r50"
     result = plan_frontier(plan)
     assert result.configuration == plan.chosen
-    assert result.usable_bytes == plan.usable_bytes and result.capacity_bytes == 32 * GiB
+    assert result.usable_bytes == plan.scope.usable_bytes and result.capacity_bytes == 32 * GiB
     points = {p.checkpointing: p for p in result.points}
     assert [p.checkpointing for p in result.points] == ["block", "chunk:4", "chunk:2", "none"]  # least memory first
     assert {name: p.fits for name, p in points.items()} == {"block": True, "chunk:4": True, "chunk:2": True,
@@ -63,5 +63,5 @@ def test_a_policy_listed_twice_is_one_point_and_a_lone_choice_is_its_own_frontie
     plan = _plan([_st_r50("block", 12.0, 1.3)])
     single = plan_frontier(plan)
     assert len(single.points) == 1 and single.points[0].chosen and single.points[0].pareto
-    twice = frontier([*plan.candidates, *plan.candidates], plan.chosen, plan.usable_bytes, 32 * GiB)
+    twice = frontier([*plan.candidates, *plan.candidates], plan.chosen, plan.scope.usable_bytes, 32 * GiB)
     assert len(twice.points) == 1

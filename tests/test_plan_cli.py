@@ -127,7 +127,7 @@ def test_plan_counts_training_videos_of_an_annotation_file(tmp_path):
     result = run("plan", "--gpu", "v100-32gb", *SMALL, "--annotations", str(annotations), "--json",
                  "--out", str(tmp_path / "plan.json"))
     assert result.exit_code == 0, result.output
-    assert load_plan(tmp_path / "plan.json").videos_per_epoch == 7
+    assert load_plan(tmp_path / "plan.json").scope.videos_per_epoch == 7
 
 
 @pytest.mark.parametrize("verb", ["plan", "report", "gpus"])

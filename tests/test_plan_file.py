@@ -8,15 +8,8 @@ import pytest
 
 from planner.errors import PlanFileError
 from lofi.fidelities import C_LOFI_CYCLE
-from planner.plan_file import (
-    SCHEMA,
-    VERSION,
-    Measurement,
-    load_plan,
-    plan_from_dict,
-    plan_to_dict,
-    save_plan,
-)
+from planner.plan_file import SCHEMA, VERSION, load_plan, plan_from_dict, plan_to_dict, save_plan
+from planner.plan import Measurement
 from plan_helpers import make_plan
 
 
@@ -45,7 +38,7 @@ def test_save_replaces_atomically(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text("old")
     save_plan(make_plan(), path)
-    assert load_plan(path).hardware.name == "v100-32gb"
+    assert load_plan(path).scope.hardware.name == "v100-32gb"
 
 
 def _broken(tmp_path, edit):

@@ -107,7 +107,7 @@ plan = plan_from_request(request, ranking)
 result["estimated"] = sorted((e.candidate.backbone, e.candidate.batch_per_gpu, e.memory.total > 0) for e in estimates)
 result["chosen"] = [plan.chosen.backbone, plan.chosen.batch_per_gpu]
 result["reasons"] = sorted({e.reason for e in plan.candidates if e.candidate.backbone == "resnet18"})
-result["dataset"] = [plan.videos_per_epoch, plan.dataset]
+result["dataset"] = [plan.scope.videos_per_epoch, plan.scope.dataset]
 result["describe"] = describe(build_grid(GridSpec(axes, fidelities=(), checkpointing=("none",)),
                                          get_profile("v100-32gb"))[0], axes.cycle_label)
 unranked = replace(request, spec=replace(spec, axes=replace(axes, quality=rank_equal)))

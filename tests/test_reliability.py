@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from lofi.cli import main
 from lofi.train.checkpoint import load_checkpoint
 from planner.fidelity import Fidelity
-from planner.plan_file import Hardware, plan_to_dict, save_plan
+from planner.plan import Hardware
+from planner.plan_file import plan_to_dict, save_plan
 from train_helpers import data_args, make_tiny_dataset, tiny_candidate, tiny_plan
 
 UNWRITABLE = Path("/sys/kernel")  # exists, and takes no new file, not even from root
@@ -184,7 +185,8 @@ def test_a_chosen_candidate_that_is_not_ranked_is_refused(tmp_path):
 
 
 def test_a_gpu_plan_on_this_cpu_needs_force(tiny_data, tmp_path):
-    gpu = replace(tiny_plan(), hardware=Hardware("h200", "NVIDIA H200", 141 * 2**30, "gpu", True))
+    plan = tiny_plan()
+    gpu = replace(plan, scope=replace(plan.scope, hardware=Hardware("h200", "NVIDIA H200", 141 * 2**30, "gpu", True)))
     save_plan(gpu, tmp_path / "plan.json")
     common = ["train", "--plan", tmp_path / "plan.json", *data_args(tiny_data), "--stage", "lofi", "--epochs", 1,
               "--freeze-bn", "--runs-dir", tmp_path / "runs"]

@@ -11,7 +11,7 @@ from lofi.train.config import DataConfig, OptimConfig, TrainConfig
 from planner.candidate import Candidate
 from planner.estimate_types import MemoryEstimate
 from planner.fidelity import Fidelity
-from planner.plan_file import Hardware, Plan, PlanEntry
+from planner.plan import Hardware, Plan, PlanEntry, PlanScope
 
 TINY_SYNTH = SynthConfig(videos=6, classes=2, seed=3, size=32, fps=8.0, min_duration=6.0, max_duration=10.0,
                          max_instances=2, train_fraction=0.67)
@@ -60,10 +60,11 @@ def tiny_plan(*candidates: Candidate, sizes: tuple[float, ...] | None = None) ->
         for i, (c, s) in enumerate(zip(candidates, sizes))
     )
     first = entries[0]
-    return Plan(hardware=Hardware("cpu", "CPU (test)", 8 * 2**30, "cpu"), gpus=1, nodes=1, margin=0.1,
-                usable_bytes=7 * 2**30, global_batch=first.candidate.global_batch, videos_per_epoch=4,
-                dataset="tiny synthetic", chosen=first.candidate, memory=first.memory, time=None,
-                why="test plan", candidates=entries)
+    scope = PlanScope(hardware=Hardware("cpu", "CPU (test)", 8 * 2**30, "cpu"), gpus=1, nodes=1, margin=0.1,
+                      usable_bytes=7 * 2**30, global_batch=first.candidate.global_batch, videos_per_epoch=4,
+                      dataset="tiny synthetic")
+    return Plan(scope=scope, chosen=first.candidate, memory=first.memory, time=None, why="test plan",
+                candidates=entries)
 
 
 def tiny_config(paths, **changes) -> TrainConfig:

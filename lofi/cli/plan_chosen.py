@@ -12,7 +12,7 @@ from lofi.cli.plan_report import Report
 from lofi.cli.plan_table import BAR_WIDTH, GIB, fidelity_name
 from planner.choose import hours
 from planner.estimate_types import MemoryEstimate, TimeEstimate
-from planner.plan_file import PlanEntry
+from planner.plan import PlanEntry
 
 _HEADS = {"gtad": "G-TAD", "bmn": "BMN"}
 
@@ -20,7 +20,7 @@ _HEADS = {"gtad": "G-TAD", "bmn": "BMN"}
 def chosen_panel(report: Report, entry: PlanEntry) -> Panel:
     """The chosen candidate: why, its quality, memory by category, time, measurement."""
     c = entry.candidate
-    unit = "GPU" if report.hardware.kind == "gpu" else "process"
+    unit = "GPU" if report.scope.hardware.kind == "gpu" else "process"
     title = (
         f"{fidelity_name(c)} · {c.backbone} · {_HEADS.get(c.head, c.head)} · batch {c.batch_per_gpu} per {unit}"
         f"{f' × {c.accumulation} accumulation steps' if c.accumulation > 1 else ''} · {c.precision} · "
@@ -68,9 +68,9 @@ def _memory_table(memory: MemoryEstimate, report: Report) -> Table:
         table.add_row(Text("pinned host memory", style="italic"), f"{memory.host_pinned / GIB:.2f}",
                       Text("offloaded activations, in the host's RAM (not in the total)", style="grey70"))
     table.add_row(
-        Text("total per " + ("GPU" if report.hardware.kind == "gpu" else "process"), style="bold"),
+        Text("total per " + ("GPU" if report.scope.hardware.kind == "gpu" else "process"), style="bold"),
         Text(f"{memory.total / GIB:.2f}", style="bold"),
-        Text(f"of {report.usable_bytes / GIB:.1f} usable ({report.hardware.memory_bytes / GIB:.1f} capacity)"),
+        Text(f"of {report.scope.usable_bytes / GIB:.1f} usable ({report.scope.hardware.memory_bytes / GIB:.1f} capacity)"),
     )
     return table
 

@@ -11,7 +11,7 @@ from rich.text import Text
 from lofi.cli.plan_table import GIB, batch_text, fidelity_name
 from planner.choose import hours
 from planner.frontier import Frontier
-from planner.plan_file import Hardware
+from planner.plan import Hardware
 
 
 def frontier_title(frontier: Frontier) -> str:

@@ -27,4 +27,4 @@ def render_report(report: Report, console: Console) -> None:
     if report.chosen is not None:
         console.print(chosen_panel(report, report.chosen))
     if report.frontier is not None:
-        console.print(frontier_table(report.frontier, report.hardware, report.margin))
+        console.print(frontier_table(report.frontier, report.scope.hardware, report.scope.margin))

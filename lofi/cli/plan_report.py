@@ -8,20 +8,13 @@ from dataclasses import dataclass
 
 from planner.choose import Ranking
 from planner.frontier import Frontier, frontier
-from planner.plan_file import Hardware, Plan, PlanEntry, entries_from_ranking
+from planner.plan import Plan, PlanEntry, PlanScope, entries_from_ranking, hardware_of
 from planner.planning import PlanRequest
 
 
 @dataclass(frozen=True)
 class Report:
-    hardware: Hardware
-    gpus: int
-    nodes: int
-    margin: float
-    usable_bytes: int
-    global_batch: int
-    videos_per_epoch: int
-    dataset: str
+    scope: PlanScope  # what the plan (or ranking) is made for
     rows: tuple[PlanEntry, ...]  # the rows shown, in rank order
     total_candidates: int
     configurations: int
@@ -33,21 +26,8 @@ class Report:
     frontier: Frontier | None = None  # the choice under every checkpointing policy of the plan
 
 
-def gather_report(
-    *,
-    hardware: Hardware,
-    gpus: int,
-    nodes: int,
-    margin: float,
-    usable_bytes: int,
-    global_batch: int,
-    videos_per_epoch: int,
-    dataset: str,
-    entries: Sequence[PlanEntry],
-    why: str | None,
-    notices: Sequence[str] = (),
-    show_all: bool = False,
-) -> Report:
+def gather_report(scope: PlanScope, entries: Sequence[PlanEntry], why: str | None, notices: Sequence[str] = (),
+                  show_all: bool = False) -> Report:
     """The rows to show: every candidate (`show_all`), or the best of each configuration
     (backbone x fidelity): its best-ranked fitting candidate, else its smallest."""
     ordered = sorted(entries, key=lambda e: e.rank)
@@ -62,28 +42,18 @@ def gather_report(
         rows = sorted(best, key=lambda e: e.rank)
     sources = sorted({(e.memory.source, e.memory.calibration) for e in ordered}, key=str)
     estimates = "; ".join(f"{source}" + (f" (calibration: {cal})" if cal else " (no calibration)") for source, cal in sources)
-    found = frontier(ordered, chosen.candidate, usable_bytes, hardware.memory_bytes) if chosen is not None else None
-    return Report(
-        hardware, gpus, nodes, margin, usable_bytes, global_batch, videos_per_epoch, dataset,
-        tuple(rows), len(ordered), len(groups), show_all, chosen, why, tuple(notices), estimates, found,
-    )
+    capacity = scope.hardware.memory_bytes
+    found = frontier(ordered, chosen.candidate, scope.usable_bytes, capacity) if chosen is not None else None
+    return Report(scope, tuple(rows), len(ordered), len(groups), show_all, chosen, why, tuple(notices), estimates, found)
 
 
 def report_from_plan(plan: Plan, show_all: bool = False) -> Report:
-    return gather_report(
-        hardware=plan.hardware, gpus=plan.gpus, nodes=plan.nodes, margin=plan.margin,
-        usable_bytes=plan.usable_bytes, global_batch=plan.global_batch,
-        videos_per_epoch=plan.videos_per_epoch, dataset=plan.dataset, entries=plan.candidates,
-        why=plan.why, notices=plan.notices, show_all=show_all,
-    )
+    return gather_report(plan.scope, plan.candidates, plan.why, plan.notices, show_all)
 
 
 def report_from_request(request: PlanRequest, ranking: Ranking, show_all: bool = False) -> Report:
     """The report of a ranking that chose nothing (no Plan): every candidate fails."""
-    profile = request.profile
-    return gather_report(
-        hardware=Hardware(profile.name, profile.display_name, profile.memory_bytes, profile.kind, request.detected),
-        gpus=request.spec.gpus, nodes=request.spec.nodes, margin=request.margin, usable_bytes=ranking.usable_bytes,
-        global_batch=request.spec.global_batch, videos_per_epoch=request.videos_per_epoch, dataset=request.dataset,
-        entries=entries_from_ranking(ranking), why=None, show_all=show_all,
-    )
+    spec = request.spec
+    scope = PlanScope(hardware_of(request.profile, request.detected), spec.gpus, spec.nodes, request.margin,
+                      ranking.usable_bytes, spec.global_batch, request.videos_per_epoch, request.dataset)
+    return gather_report(scope, entries_from_ranking(ranking), None, (), show_all)

@@ -13,7 +13,7 @@ from planner.candidate import Candidate
 from planner.choose import hours
 from planner.estimate_types import MemoryEstimate
 from lofi.fidelities import C_LOFI_CYCLE, NAMED_FIDELITIES
-from planner.plan_file import PlanEntry
+from planner.plan import PlanEntry
 
 GIB = 2**30
 BAR_WIDTH = 10
@@ -72,20 +72,20 @@ def breakdown(memory: MemoryEstimate) -> tuple[int, int, int]:
 
 
 def header(report: Report) -> Text:
-    hw = report.hardware
-    world = report.gpus * report.nodes
-    nodes = f" on {report.nodes} nodes" if report.nodes > 1 else ""
+    hw = report.scope.hardware
+    world = report.scope.gpus * report.scope.nodes
+    nodes = f" on {report.scope.nodes} nodes" if report.scope.nodes > 1 else ""
     origin = "detected here" if hw.detected else "profile"
     text = Text()
     text.append("Target  ", style="bold")
     text.append(f"{world} × {hw.display_name} ({hw.name}, {origin}){nodes}\n")
     text.append("Budget  ", style="bold")
     text.append(
-        f"{report.usable_bytes / GIB:.1f} GiB per {'GPU' if hw.kind == 'gpu' else 'process'} = "
-        f"{hw.memory_bytes / GIB:.1f} GiB × (1 − {report.margin:.0%} margin)\n"
+        f"{report.scope.usable_bytes / GIB:.1f} GiB per {'GPU' if hw.kind == 'gpu' else 'process'} = "
+        f"{hw.memory_bytes / GIB:.1f} GiB × (1 − {report.scope.margin:.0%} margin)\n"
     )
     text.append("Work    ", style="bold")
-    text.append(f"global batch {report.global_batch}; an epoch is {report.videos_per_epoch:,} videos ({report.dataset})")
+    text.append(f"global batch {report.scope.global_batch}; an epoch is {report.scope.videos_per_epoch:,} videos ({report.scope.dataset})")
     return text
 
 
@@ -103,7 +103,7 @@ def candidates_table(report: Report) -> Table:
         if c.expandable_segments:
             candidate.append(" expandable", style="grey70")
         weights, activations, other = breakdown(entry.memory)
-        memory = memory_bar(entry.total_bytes, report.usable_bytes, report.hardware.memory_bytes)
+        memory = memory_bar(entry.total_bytes, report.scope.usable_bytes, report.scope.hardware.memory_bytes)
         memory.append(f"\n{weights / GIB:.1f} / {activations / GIB:.1f} / {other / GIB:.1f}", style="grey70")
         memory.append("\n" + allocator_line(entry.memory), style="grey70")
         epoch = hours(entry.time.seconds_per_epoch) if entry.time else "–"

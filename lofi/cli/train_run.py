@@ -67,4 +67,4 @@ def _render_plan(plan, config) -> None:
     from lofi.plan_axes import describe
 
     chosen = "baseline (no LoFi stage)" if config.baseline else describe(plan.chosen)
-    err_console.print(f"[bold]plan[/] on {plan.hardware.display_name}: {chosen}", highlight=False)
+    err_console.print(f"[bold]plan[/] on {plan.scope.hardware.display_name}: {chosen}", highlight=False)

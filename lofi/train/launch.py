@@ -24,7 +24,7 @@ from lofi.errors import OptionError
 from lofi.train.config import TrainConfig
 from lofi.train.progress import StageProgress
 from lofi.train.options import DataOptions, PlanOptions, RecipeOverrides, ResolvedData
-from planner.plan_file import Plan
+from planner.plan import Plan
 
 Counter = Callable[[int, int], None]  # (done, total)
 

@@ -18,7 +18,7 @@ from lofi.train.config import (
 from planner.candidate import Candidate
 from lofi.fidelities import FULL
 from planner.fidelity import Fidelity
-from planner.plan_file import Plan
+from planner.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def _duration_notice(plan: Plan, target_seconds: float | None) -> tuple[str, ...
     if plan.time is None:
         return ()
     epoch = plan.time.seconds_per_epoch
-    message = f"the LoFi stage is estimated at {_minutes(epoch)} per epoch on {plan.hardware.display_name}"
+    message = f"the LoFi stage is estimated at {_minutes(epoch)} per epoch on {plan.scope.hardware.display_name}"
     if target_seconds is not None and epoch > target_seconds:
         message += (f", over the {_minutes(target_seconds)} the default is sized for (a busy or slow machine): "
                     "the run trains anyway and takes longer; --max-epoch-hours sets a limit")
@@ -219,7 +219,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
     from lofi.train.plan_check import check_names
 
     check_names(plan.chosen.backbone, plan.chosen.head)  # before the recipes are looked up by name
-    cpu_synthetic = resolved.synthetic and plan.hardware.kind == "cpu"
+    cpu_synthetic = resolved.synthetic and plan.scope.hardware.kind == "cpu"
     lofi_recipe = CPU_LOFI_RECIPE if cpu_synthetic else LOFI_RECIPE
     head_recipe = CPU_HEAD_RECIPE if cpu_synthetic else HEAD_RECIPES[plan.chosen.head]
     values: dict[str, Any] = {

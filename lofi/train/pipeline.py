@@ -39,7 +39,8 @@ from lofi.train.progress import NullProgress, StageProgress
 from lofi.train.run_folder import MetricsLog, RunFolder
 from planner.atomic_files import atomic_write_json
 from planner.candidate import Candidate
-from planner.plan_file import Plan, plan_to_dict, save_plan
+from planner.plan import Plan
+from planner.plan_file import plan_to_dict, save_plan
 
 STAGES = ("pretrain", "lofi", "features", "head", "eval")
 
@@ -144,7 +145,7 @@ def run_pipeline(
 def _write_summary(run: RunFolder, document: dict[str, Any], plan: Plan, interrupted: bool,
                    context: DistContext) -> None:
     document["interrupted"] = interrupted
-    document["plan"] = {"hardware": plan.hardware.name, "chosen": plan_to_dict(plan)["chosen"],
+    document["plan"] = {"hardware": plan.scope.hardware.name, "chosen": plan_to_dict(plan)["chosen"],
                         "estimated_total_bytes": plan.memory.total}
     if context.is_main:
         _merge_previous(run, document)

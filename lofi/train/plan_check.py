@@ -22,7 +22,7 @@ import torch
 from lofi.errors import OptionError
 from lofi.train.config import TrainConfig, encoder_bn_mode
 from planner.candidate import Candidate
-from planner.plan_file import Plan
+from planner.plan import Plan
 
 GIB = 2**30
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
@@ -64,8 +64,8 @@ def check_names(backbone: str, head: str) -> None:
 
 def hardware_mismatch(plan: Plan, device: torch.device) -> tuple[list[str], list[str]]:
     """(refusals, warnings) comparing the plan's hardware with what `device` is."""
-    hardware = plan.hardware
-    wanted = f"{plan.gpus * plan.nodes} x {hardware.display_name}"
+    hardware = plan.scope.hardware
+    wanted = f"{plan.scope.gpus * plan.scope.nodes} x {hardware.display_name}"
     if hardware.kind == "gpu" and device.type != "cuda":
         return [f"the plan is for {wanted} and this machine has no CUDA GPU"], []
     if hardware.kind == "cpu":
@@ -73,7 +73,7 @@ def hardware_mismatch(plan: Plan, device: torch.device) -> tuple[list[str], list
             return [], [f"the plan was made for the CPU; training on {torch.cuda.get_device_name(device)} instead"]
         return [], []
     found = torch.cuda.device_count()
-    if plan.gpus > found:
+    if plan.scope.gpus > found:
         return [f"the plan is for {wanted} and this machine has {found} GPU(s)"], []
     properties = torch.cuda.get_device_properties(device)
     if properties.total_memory < hardware.memory_bytes * 0.98:
@@ -90,11 +90,11 @@ def hardware_mismatch(plan: Plan, device: torch.device) -> tuple[list[str], list
 
 def check_world(plan: Plan, gpus_per_node: int, nodes: int) -> None:
     """A clear error when the plan was made for another world than this one."""
-    if plan.gpus * plan.nodes != gpus_per_node * nodes or plan.nodes != nodes:
+    if plan.scope.gpus * plan.scope.nodes != gpus_per_node * nodes or plan.scope.nodes != nodes:
         raise OptionError(
-            f"the plan is for {plan.gpus} GPU(s) x {plan.nodes} node(s) but this run has {gpus_per_node} process(es) "
-            f"per node x {nodes} node(s); use --gpus {plan.gpus} on one node, or torchrun --nnodes {plan.nodes} "
-            f"--nproc-per-node {plan.gpus}, or plan again with lofi plan --gpus {gpus_per_node} --nodes {nodes}")
+            f"the plan is for {plan.scope.gpus} GPU(s) x {plan.scope.nodes} node(s) but this run has {gpus_per_node} process(es) "
+            f"per node x {nodes} node(s); use --gpus {plan.scope.gpus} on one node, or torchrun --nnodes {plan.scope.nodes} "
+            f"--nproc-per-node {plan.scope.gpus}, or plan again with lofi plan --gpus {gpus_per_node} --nodes {nodes}")
 
 
 def for_world(candidate: Candidate, gpus_per_node: int, nodes: int) -> Candidate | None:
@@ -113,19 +113,20 @@ def for_world(candidate: Candidate, gpus_per_node: int, nodes: int) -> Candidate
 def plan_for_world(plan: Plan, gpus_per_node: int, nodes: int) -> Plan:
     """The stored plan of a resumed run, re-derived for this world (unchanged when it
     matches); its candidates that cannot keep the global batch are dropped."""
-    if plan.gpus == gpus_per_node and plan.nodes == nodes:
+    if plan.scope.gpus == gpus_per_node and plan.scope.nodes == nodes:
         return plan
     chosen = for_world(plan.chosen, gpus_per_node, nodes)
     if chosen is None:
         raise OptionError(
             f"the run's global batch of {plan.chosen.global_batch} cannot be split over {gpus_per_node * nodes} "
-            f"process(es); resume with --gpus {plan.gpus * plan.nodes}")
+            f"process(es); resume with --gpus {plan.scope.gpus * plan.scope.nodes}")
     entries = []
     for entry in plan.candidates:
         moved = for_world(entry.candidate, gpus_per_node, nodes)
         if moved is not None:
             entries.append(replace(entry, candidate=moved))
-    return replace(plan, gpus=gpus_per_node, nodes=nodes, chosen=chosen, candidates=tuple(entries))
+    scope = replace(plan.scope, gpus=gpus_per_node, nodes=nodes)
+    return replace(plan, scope=scope, chosen=chosen, candidates=tuple(entries))
 
 
 # --- the allocator ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from planner.plan import Measurement, Plan
 from planner.planning import PlanRequest, estimate_and_rank, measure_and_rerank, plan_from_request
 
 ACTIVITYNET_SOURCE = f"{ACTIVITYNET_DATASET}; --videos or --annotations to change"
+OTHER_GPU = "--gpu NAME plans for another"  # said where no GPU is seen and a default profile is planned for
 MEASURE_COMMAND = (sys.executable, "-m", "lofi.measure_step")
 
 

@@ -121,7 +121,7 @@ def rank_candidates(
     max_seconds_per_epoch: float | None = None,
 ) -> Ranking:
     """Rank every estimate; candidates in `oom` ran out of memory when measured for real
-    (`--measure`) and do not fit whatever their estimate says. With a time budget,
+    (`planning.measure_and_rerank`) and do not fit whatever their estimate says. With a time budget,
     candidates estimated slower than `max_seconds_per_epoch` do not fit either. The
     workload's `axes` rank the quality and name its cycles."""
     if not estimates:

@@ -28,14 +28,17 @@ class PlannerError(Exception):
 class FieldError(PlannerError):
     """A bad value of a named field (a `GridSpec` field, a function's parameter). The
     message names the field as the planner's API does ('precisions: unknown precision
-    ...'); a front end names it its own way with `render` (the CLI: its option)."""
+    ...'); a front end names it its own way with `render` (the CLI: its option).
+    `suggest` (field, value): the setting that would work, said after the detail
+    ('...: that needs batches 4'; the CLI: '--batch 4')."""
 
     def __init__(self, fields: str | tuple[str, ...], detail: str, *, value: str | None = None,
-                 separator: str = ": ") -> None:
+                 separator: str = ": ", suggest: tuple[str, str | None] | None = None) -> None:
         self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
         self.detail = detail
         self.value = value  # the offending value, when the message puts it after the name
         self.separator = separator  # between the name and the detail
+        self.suggest = suggest
         super().__init__(self.render(field_setting))
 
     def render(self, setting: Setting) -> str:
@@ -43,7 +46,8 @@ class FieldError(PlannerError):
             head = setting(self.fields[0], self.value)
         else:
             head = "/".join(setting(field, None) for field in self.fields)
-        return f"{head}{self.separator}{self.detail}"
+        tail = f": that needs {setting(*self.suggest)}" if self.suggest is not None else ""
+        return f"{head}{self.separator}{self.detail}{tail}"
 
 
 class PlanFileError(PlannerError):

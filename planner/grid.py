@@ -105,7 +105,7 @@ def build_grid(spec: GridSpec, profile: GpuProfile) -> list[Candidate]:
     steps = {b: accumulation_steps(b, world, spec.global_batch, spec.accumulation) for b in dict.fromkeys(spec.batches)}
     usable = {b: n for b, n in steps.items() if n is not None}
     if not usable:
-        raise PlannerError(_no_batch_message(spec, world))
+        raise _no_batch_error(spec, world)
     candidates = [
         Candidate(
             backbone=backbone,
@@ -209,17 +209,14 @@ def _validate(spec: GridSpec) -> None:
         raise FieldError("batches", f"values must be >= 1, got {list(spec.batches)}")
 
 
-def _no_batch_message(spec: GridSpec, world: int) -> str:
+def _no_batch_error(spec: GridSpec, world: int) -> FieldError:
     batches = ", ".join(map(str, spec.batches))
     if spec.global_batch % world:
-        return f"global batch {spec.global_batch} cannot be split evenly over {world} GPUs"
+        return FieldError(("global_batch", "gpus"),
+                          f"global batch {spec.global_batch} cannot be split evenly over {world} GPUs")
     need = spec.global_batch // world
     if not spec.accumulation:
-        return (
-            f"no batch per GPU in {{{batches}}} reaches global batch {spec.global_batch} on {world} GPU(s) "
-            f"without accumulation: that needs --batch {need}"
-        )
-    return (
-        f"no batch per GPU in {{{batches}}} divides global batch {spec.global_batch} over {world} GPU(s) "
-        f"(batch per GPU x accumulation steps must be {need})"
-    )
+        return FieldError("batches", f"no batch per GPU in {{{batches}}} reaches global batch {spec.global_batch} on "
+                          f"{world} GPU(s) without accumulation", suggest=("batches", str(need)))
+    return FieldError("batches", f"no batch per GPU in {{{batches}}} divides global batch {spec.global_batch} over "
+                      f"{world} GPU(s) (batch per GPU x accumulation steps must be {need})")

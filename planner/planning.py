@@ -20,7 +20,7 @@ from planner.search import search_blocks, search_offload
 from planner.tracing.cache import TraceCache
 from planner.workload import Workload
 
-MEASURE_FINALISTS = 3  # `--measure` runs the chosen candidate and the next two that fit
+MEASURE_FINALISTS = 3  # measuring runs the chosen candidate and the next two that fit
 
 
 @dataclass(frozen=True)

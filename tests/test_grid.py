@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lofi.plan_axes import LOFI_AXES
+from lofi.cli.console import option_setting
 from planner.errors import FieldError, PlannerError
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.fidelity import Fidelity
@@ -67,9 +68,11 @@ def test_no_accumulation_needs_batch_times_world_equal_to_global_batch():
     assert {(c.batch_per_gpu, c.accumulation) for c in one} == {(16, 1)}
     four = build_grid(GridSpec(LOFI_AXES, accumulation=False, gpus=4), V100)
     assert {(c.batch_per_gpu, c.accumulation) for c in four} == {(4, 1)}
-    with pytest.raises(PlannerError, match="without accumulation: that needs --batch 4"):
+    with pytest.raises(FieldError, match="batches: .* without accumulation: that needs batches 4") as caught:
         build_grid(GridSpec(LOFI_AXES, accumulation=False, gpus=4, batches=(1, 2)), V100)
-    with pytest.raises(PlannerError, match="cannot be split evenly over 3 GPUs"):
+    cli = caught.value.render(option_setting)  # the CLI names its options, the planner its fields
+    assert cli.startswith("--batch: no batch per GPU in {1, 2}") and cli.endswith("that needs --batch 4")
+    with pytest.raises(FieldError, match="global_batch/gpus: global batch 16 cannot be split evenly over 3 GPUs"):
         build_grid(GridSpec(LOFI_AXES, gpus=3), V100)
 
 

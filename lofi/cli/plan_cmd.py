@@ -55,7 +55,7 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
     from lofi.cli.console import console, counting, err_console, note, writable
     from lofi.cli.plan_render import render_report
     from lofi.cli.plan_report import report_from_plan, report_from_request
-    from lofi.plan_request import check_measurable, plan_lofi, plan_request
+    from lofi.plan_request import OTHER_GPU, check_measurable, plan_lofi, plan_request
     from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec, parse_ints, parse_list, select_fidelities
     from planner.hardware.nvml import resolve_target
@@ -87,7 +87,8 @@ def plan(gpus, nodes, gpu_name, tr, sr, fidelity_names, backbones, head, batch, 
 
         writable(plot, "--plot")
         check_frontier_plot(plot)
-    target = resolve_target(gpu_name, list_profiles(), gpus=gpus, fallback_note="the paper's hardware")
+    target = resolve_target(gpu_name, list_profiles(), gpus=gpus, fallback_note="the paper's hardware",
+                            fallback_hint=OTHER_GPU)
     request = plan_request(spec, target, margin=margin, videos=videos, annotations=annotations,
                            max_epoch_hours=max_epoch_hours)
     for notice in target.notices:

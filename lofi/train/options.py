@@ -127,11 +127,13 @@ def auto_plan(
     from planner.hardware.cpu_speed import with_measured_speed
     from lofi.plan_axes import LOFI_AXES
     from planner.grid import GridSpec
+    from lofi.plan_request import OTHER_GPU
     from planner.hardware.nvml import resolve_target
     from planner.planning import PlanRequest, make_plan
     from planner.hardware.profiles import list_profiles
 
-    target = resolve_target(options.gpu, list_profiles(), gpus=options.gpus, fallback="cpu")
+    target = resolve_target(options.gpu, list_profiles(), gpus=options.gpus, fallback="cpu",
+                            fallback_hint=OTHER_GPU)
     profile = target.profile
     budget = None if options.max_epoch_hours is None else options.max_epoch_hours * 3600
     target_seconds = None

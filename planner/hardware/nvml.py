@@ -170,7 +170,7 @@ class Target:
     profile: GpuProfile
     detected: bool  # the profile describes a GPU NVML sees here
     notices: tuple[str, ...]
-    detection: Detection | None  # None: not asked (an explicit --gpu NAME)
+    detection: Detection | None  # None: not asked (a profile named explicitly)
 
 
 def resolve_target(
@@ -180,11 +180,13 @@ def resolve_target(
     gpus: int = 1,
     fallback: str = DEFAULT_GPU,
     fallback_note: str = "",
+    fallback_hint: str = "",
     detection: Detection | None = None,
 ) -> Target:
     """`--gpu NAME` -> that profile; `--gpu auto` -> the GPU NVML sees here (its memory as
     NVML reports it), or `fallback` with a notice when there is none (the default
-    profile, or cpu); `fallback_note` says in the notice why that one."""
+    profile, or cpu); `fallback_note` says in the notice why that one, `fallback_hint` how
+    a front end's user plans for another."""
     by_name = {p.name: p for p in profiles}
     if option.strip().lower() != "auto":
         key = option.strip().lower()
@@ -197,7 +199,8 @@ def resolve_target(
             raise ProfileError(f"no GPU here and no fallback profile {fallback!r} in profiles/gpus")
         notice = f"no NVIDIA GPU visible here ({detection.reason}); planning for {fallback}"
         notice += f" ({fallback_note})" if fallback_note else ""
-        return Target(by_name[fallback], False, (notice + "; --gpu NAME plans for another",), detection)
+        notice += f"; {fallback_hint}" if fallback_hint else ""
+        return Target(by_name[fallback], False, (notice,), detection)
     first = detection.gpus[0]
     notices = []
     if first.matched is None:

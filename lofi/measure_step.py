@@ -10,7 +10,7 @@ two accumulation micro-steps (the peak is reached in the first: later micro-step
 repeat it), for each fidelity of a C-LoFi cycle. The candidate's allocator setting
 (PYTORCH_CUDA_ALLOC_CONF) is set before CUDA starts.
 
-Output, one JSON object (planner.plan_file.Measurement):
+Output, one JSON object (planner.plan.Measurement):
   max_allocated_bytes / max_reserved_bytes   torch.cuda.max_memory_allocated / _reserved
   nvml_used_bytes   NVML's used memory of the device minus what was used before this
                     process touched CUDA

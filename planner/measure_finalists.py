@@ -5,7 +5,7 @@ The planner does not import the workload; the caller gives the command that runs
 candidate of its workload (e.g. `python -m <package>.measure_step`). That command gets `--candidate JSON`
 (planner.plan_file.candidate_to_dict) and prints one JSON object as its last stdout line:
 {"oom", "max_allocated_bytes", "max_reserved_bytes", "nvml_used_bytes", "step_seconds",
-"device", "error"} (planner.plan_file.Measurement).
+"device", "error"} (planner.plan.Measurement).
 """
 
 from __future__ import annotations

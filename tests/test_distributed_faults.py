@@ -85,7 +85,6 @@ def test_a_lost_rank_makes_the_other_fail_with_a_clear_error_not_a_hang(tmp_path
 
 
 def _oom_on_rank_one(rank: int, port: int, folder: str, paths) -> None:
-    from dataclasses import replace
     from pathlib import Path
 
     from lofi.train import lofi_stage
@@ -106,7 +105,7 @@ def _oom_on_rank_one(rank: int, port: int, folder: str, paths) -> None:
     config = tiny_config(paths, lofi=OptimConfig("sgd", lr=0.05, epochs=1, step_epochs=1, gamma=0.5))
     first = tiny_candidate(batch_per_gpu=2, gpus=2)
     second = tiny_candidate(batch_per_gpu=1, gpus=2, accumulation=2)  # the same global batch of 4
-    plan = replace(tiny_plan(first, second, sizes=(2.0, 1.0)), gpus=2)
+    plan = tiny_plan(first, second, sizes=(2.0, 1.0))  # made for the first candidate's 2 GPUs
     try:
         result = run_pipeline(config, plan, RunFolder(Path(folder) / "run"), context, stages=("lofi",))
         _report(folder, rank, lofi=result.summary["stages"]["lofi"])

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -54,7 +53,7 @@ def two_nodes(args, cwd, rdzv_id, timeout):
 def plan_for(tmp_path, name, *, batch, gpus=1, nodes=1):
     plan = tiny_plan(tiny_candidate(batch_per_gpu=batch, gpus=gpus, nodes=nodes))
     path = tmp_path / f"{name}.json"
-    save_plan(replace(plan, gpus=gpus, nodes=nodes), path)
+    save_plan(plan, path)
     return path
 
 
@@ -160,7 +159,7 @@ def test_a_plan_for_another_number_of_nodes_is_one_clear_error():
     from lofi.errors import OptionError
     from lofi.train.plan_check import check_world
 
-    plan = replace(tiny_plan(tiny_candidate(batch_per_gpu=1, gpus=2)), gpus=2, nodes=1)
+    plan = tiny_plan(tiny_candidate(batch_per_gpu=1, gpus=2))
     check_world(plan, gpus_per_node=2, nodes=1)
     with pytest.raises(OptionError, match=r"the plan is for 2 GPU\(s\) x 1 node\(s\) but this run has 1 "
                                           r"process\(es\) per node x 2 node\(s\)"):

@@ -60,7 +60,8 @@ def tiny_plan(*candidates: Candidate, sizes: tuple[float, ...] | None = None) ->
         for i, (c, s) in enumerate(zip(candidates, sizes))
     )
     first = entries[0]
-    scope = PlanScope(hardware=Hardware("cpu", "CPU (test)", 8 * 2**30, "cpu"), gpus=1, nodes=1, margin=0.1,
+    scope = PlanScope(hardware=Hardware("cpu", "CPU (test)", 8 * 2**30, "cpu"), gpus=first.candidate.gpus,
+                      nodes=first.candidate.nodes, margin=0.1,
                       usable_bytes=7 * 2**30, global_batch=first.candidate.global_batch, videos_per_epoch=4,
                       dataset="tiny synthetic")
     return Plan(scope=scope, chosen=first.candidate, memory=first.memory, time=None, why="test plan",

@@ -191,7 +191,7 @@ def test_auto_plans_with_the_data_options_it_was_given_at_any_world_size(tiny_da
     grids = {}
     for gpus in (1, 2):
         plan, _ = auto_plan(resolved, PlanOptions(gpu="cpu", gpus=gpus, backbones=("tsm_r18",)))
-        assert plan.gpus == gpus and plan.chosen.gpus == gpus
+        assert plan.scope.gpus == gpus and plan.chosen.gpus == gpus
         grids[gpus] = {f for entry in plan.candidates for f in entry.candidate.fidelities}
         assert plan.chosen.global_batch == 16
     assert grids[1] == grids[2]

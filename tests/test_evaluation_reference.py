@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from lofi.evaluation import DEFAULT_TIOU_THRESHOLDS, evaluate_detection, evaluate_proposals
-from lofi.evaluation.order import descending_order_within_groups
-from lofi.evaluation.ragged import ragged_arange
-from lofi.evaluation.tiou import segment_tiou
+from lofi.evaluation.common import descending_order_within_groups, ragged_arange, segment_tiou
 
 THRESHOLDS = list(DEFAULT_TIOU_THRESHOLDS)
 

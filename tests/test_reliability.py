@@ -304,7 +304,7 @@ def test_synthetic_videos_honour_the_umask(tmp_path):
 
 
 def test_the_cache_follows_lofi_cache_then_xdg_cache_home(monkeypatch, tmp_path):
-    from planner.tracing.cache import cache_root
+    from planner.cache_root import cache_root
 
     monkeypatch.delenv("LOFI_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

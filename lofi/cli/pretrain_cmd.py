@@ -36,7 +36,7 @@ def pretrain(**options) -> None:
     from lofi.cli.train_run import data_options, hooks
     from lofi.train.launch import resolve_run_data
     from lofi.train.pretrain_stage import cached_weights_path, pretrain_data, pretrain_request
-    from planner.tracing.cache import cache_root
+    from planner.cache_root import cache_root
 
     resolved = resolve_run_data(data_options(options), hooks())
     config = pretrain_request(epochs=options["epochs"], lr=options["lr"], seed=options["seed"])

@@ -35,9 +35,7 @@ from lofi.evaluation.inputs import (
     map_to_subset,
 )
 from lofi.evaluation.io import GroundTruth, Predictions
-from lofi.evaluation.order import descending_order_within_groups
-from lofi.evaluation.ragged import ragged_arange
-from lofi.evaluation.tiou import segment_tiou
+from lofi.evaluation.common import descending_order_within_groups, ragged_arange, segment_tiou
 from lofi.errors import InputFileError
 
 @dataclass(frozen=True, eq=False)

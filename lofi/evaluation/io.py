@@ -6,7 +6,7 @@ Formats (activitynet/ActivityNet `Evaluation/`, README and `eval_detection.py`):
   predictions   {"results": {vid: [{"label", "score", "segment": [s, e]}]}}
 Proposals are predictions without "label". Order is kept exactly as in the file: the
 official code sorts with numpy's (unstable) argsort, so the order of tied scores, and
-with it the numbers, depends on the input order (see `order.py`).
+with it the numbers, depends on the input order (see `common.py`).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def resolve_data(options: DataOptions, progress: Callable[[int, int], None] | No
         if options.videos or options.frames or options.classification:
             raise OptionError("--videos/--frames/--classification need --annotations")
         from lofi.data.synth import SynthConfig, ensure_synthetic
-        from planner.tracing.cache import cache_root
+        from planner.cache_root import cache_root
 
         paths = ensure_synthetic(cache_root(), SynthConfig(), progress=progress)
         full = SYNTH_FULL_FIDELITY
@@ -235,7 +235,7 @@ def build_config(resolved: ResolvedData, plan: Plan, overrides: RecipeOverrides,
     pretrain = None
     if pretrained is None and _pretrains_synthetic(resolved, from_scratch):
         from lofi.train.pretrain_stage import cached_weights_path
-        from planner.tracing.cache import cache_root
+        from planner.cache_root import cache_root
 
         pretrain = SYNTH_PRETRAIN
         pretrained = str(cached_weights_path(cache_root(), plan.chosen.backbone, resolved.data, pretrain))

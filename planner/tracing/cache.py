@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,24 +21,11 @@ import numpy as np
 import torch
 
 from planner.atomic_files import atomic_write
+from planner.cache_root import cache_root
 from planner.tracing.recorder import TRACE_FORMAT, Trace
 from planner.workload import StepSpec
 
-CACHE_ENV = "LOFI_CACHE"
 _ARRAYS = ("ops", "ids", "sizes", "categories")
-
-
-def cache_root() -> Path:
-    """$LOFI_CACHE, else $XDG_CACHE_HOME/lofi, else ~/.cache/lofi: where the project keeps
-    what it can rebuild (traces, the synthetic dataset). An XDG_CACHE_HOME that is not
-    an absolute path is ignored, as the XDG Base Directory specification says."""
-    base = os.environ.get(CACHE_ENV)
-    if base:
-        return Path(base).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "lofi"
-    return Path.home() / ".cache" / "lofi"
 
 
 def default_root() -> Path:

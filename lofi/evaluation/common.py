@@ -1,6 +1,20 @@
-"""Descending order by score within groups, exactly as the official evaluation orders.
+"""What detection and proposal evaluation share: the tIoU of segments, ragged ranges and
+the official code's descending order within groups.
 
-The official code sorts with `np.argsort(values)[::-1]` (activitynet/ActivityNet
+tIoU. Reproduces activitynet/ActivityNet `Evaluation/utils.py::segment_iou` operation for
+operation, so that a tIoU that lands exactly on a threshold (0.5, 0.75, ...) falls on the
+same side of it as in the official code:
+    inter = max(0, min(e1, e2) - max(s1, s2))
+    union = (e_gt - s_gt) + (e_pred - s_pred) - inter
+    tIoU  = inter / union
+Two zero-length segments give 0 / 0 = NaN, as in the official code; each evaluator then
+treats NaN the way the official comparisons do (see detection.py and proposal.py).
+
+Ragged ranges: the index arithmetic behind "every pair of a prediction and the ground
+truths of its video" without a Python loop.
+
+Order: descending by score within groups, exactly as the official evaluation orders. The
+official code sorts with `np.argsort(values)[::-1]` (activitynet/ActivityNet
 `Evaluation/eval_detection.py`: predictions of a class by score, ground truths of a video by
 tIoU; `eval_proposal.py`: proposals of a video by score). numpy's default argsort is not
 stable (on x86 it is a SIMD sorting network), so tied values come out in an order that
@@ -13,6 +27,29 @@ gives the same order because distinct values have only one descending order.
 from __future__ import annotations
 
 import numpy as np
+
+
+def segment_tiou(
+    pred_start: np.ndarray, pred_end: np.ndarray, gt_start: np.ndarray, gt_end: np.ndarray
+) -> np.ndarray:
+    """Elementwise (broadcasting) tIoU between predicted and ground-truth segments."""
+    intersection = np.clip(np.minimum(pred_end, gt_end) - np.maximum(pred_start, gt_start), 0, None)
+    union = (gt_end - gt_start) + (pred_end - pred_start) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return intersection / union
+
+
+def ragged_arange(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ranges [starts[i], starts[i] + sizes[i]).
+
+    Returns (owner, values), both (sum(sizes),): owner[j] is the i whose range holds j.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    owner = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+    offsets = np.cumsum(sizes) - sizes  # (n,) where each range begins in the output
+    values = starts[owner] + (np.arange(owner.size, dtype=np.int64) - offsets[owner])
+    return owner, values
 
 
 def descending_order_within_groups(

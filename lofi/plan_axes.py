@@ -5,13 +5,13 @@ Default grid (planner issue, "Candidates"): the paper's fidelities (full 100/224
 100/112, T 25/224, ST 50/158, low budget 25/112, and the C-LoFi cycle S -> T -> ST) x
 tsm_r18/r34/r50 x G-TAD (or BMN), at the paper's global batch of 16 (PAPER.md, "LoFi
 optimisation"), sized for the 9649 training videos of ActivityNet-1.3
-(shared/data/README.md) and ranked by the paper's evidence (`lofi.quality`).
+(shared/data/README.md) and ranked by the paper's evidence (`lofi.paper_quality`).
 """
 
 from __future__ import annotations
 
 from lofi.fidelities import C_LOFI_CYCLE, CYCLE_NAME, NAMED_FIDELITIES
-from lofi.quality import rank_by_paper
+from lofi.paper_quality import rank_by_paper
 from planner.axes import WorkloadAxes
 from planner.candidate import Candidate
 from planner.choose import describe as describe_candidate

@@ -21,7 +21,7 @@ from planner.estimate_types import CandidateEstimate
 from lofi.fidelities import C_LOFI_CYCLE, FULL, LOW_BUDGET, S_LOFI, ST_LOFI, T_LOFI
 from planner.grid import GridSpec
 from planner.hardware.profiles import get_profile
-from lofi.quality import load_evidence, rank_quality
+from lofi.paper_quality import load_evidence, rank_quality
 from plan_helpers import GiB, cand, estimate
 
 V100 = get_profile("v100-32gb")

@@ -19,7 +19,7 @@ from planner.hardware.profiles import (
     profile_from_dict,
     profiles_dir,
 )
-from lofi.quality import load_evidence
+from lofi.paper_quality import load_evidence
 
 GiB = 2**30
 EXPECTED = {

@@ -72,13 +72,19 @@ class LofiBatch:
     mask: Tensor  # (T, T) bool, valid anchors
 
 
+def source_files() -> list[Path]:
+    """The sources that define the traced step: every module of lofi/models (the heads'
+    subpackage included) and this one."""
+    here = Path(__file__).resolve()
+    return sorted((here.parent / "models").rglob("*.py")) + [here]
+
+
 def _source_key() -> str:
     """WORKLOAD_NAME + a hash of the sources that define the traced step."""
-    here = Path(__file__).resolve()
-    files = sorted((here.parent / "models").glob("*.py")) + [here]
+    root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
+    for path in source_files():
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return f"{WORKLOAD_NAME}+{digest.hexdigest()[:12]}"
 

@@ -11,8 +11,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lofi.errors import OptionError
-from lofi.models.head_sampling import bmn_bm_sampling, dense_matrix, duration_pieces, gtad_sgalign_sampling
-from lofi.models.head_output import HeadOutput
+from lofi.models.heads.sampling import bmn_bm_sampling, dense_matrix, duration_pieces, gtad_sgalign_sampling
+from lofi.models.heads.output import HeadOutput
 from lofi.models.heads import build_head, constant_buffer_names
 from lofi.models.labels import valid_anchor_mask
 from lofi.models.losses import tal_loss

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from lofi.models.head_output import HeadOutput
+from lofi.models.heads.output import HeadOutput
 from lofi.models.labels import make_targets, targets_to_tensors, valid_anchor_mask
 from lofi.models.losses import LossTerms, tal_loss
 

@@ -4,6 +4,8 @@ AutocastCUDA kernels, and the memory side of the checkpointing target."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,15 @@ def test_a_cycle_member_is_its_single_fidelity_trace_plus_the_other_members_stat
     single = replayed(tracers[1].trace(step(), 3))
     assert planned.allocated_peak == pytest.approx(direct.allocated_peak, rel=0.01)
     assert planned.allocated_peak >= single.allocated_peak + sum(extra) - 2**20
+
+
+def test_the_workload_key_covers_every_model_source():
+    """A change to any module that defines the traced step (the heads' subpackage too)
+    makes a new workload key, so no stale trace is reused."""
+    import lofi
+    from lofi.plan_workload import source_files
+
+    root = Path(lofi.__file__).resolve().parent
+    names = {path.relative_to(root).as_posix() for path in source_files()}
+    assert {"models/encoders.py", "models/heads/gtad.py", "models/heads/bmn.py", "models/heads/sampling.py",
+            "models/heads/output.py", "models/heads/__init__.py", "plan_workload.py"} <= names

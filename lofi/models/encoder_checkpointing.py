@@ -14,7 +14,7 @@ Policies (the planner's `Candidate.checkpointing`, parsed by `planner.checkpoint
               pin_memory=True)`: what it saves for backward is copied to pinned host
               memory in forward and back to the device in backward (`offload_context`)
     ...+head  the head's sampled boundary-matching map in segments over the
-              anchor durations (`piecewise_segments`, by `head_sampling.map_through`)
+              anchor durations (`piecewise_segments`, by `heads.sampling.map_through`)
 
 Segments use non-reentrant `torch.utils.checkpoint` (PyTorch docs recommend it; it works
 when no input requires grad, as for uint8 clips). `preserve_rng_state=False`: the

@@ -14,7 +14,7 @@ from torch import nn
 
 from lofi.models.encoder_checkpointing import parse_policy
 from lofi.models.encoders import build_encoder
-from lofi.models.head_output import HeadOutput
+from lofi.models.heads.output import HeadOutput
 from lofi.models.heads import build_head
 
 class LoFiModel(nn.Module):

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lofi.models.head_output import HeadOutput
+from lofi.models.heads.output import HeadOutput
 
 EPSILON = 1e-6  # official log epsilon
 REG_WEIGHT = 10.0

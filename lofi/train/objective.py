@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lofi.data.dataset import ClipBatch
-from lofi.models.head_output import HeadOutput
+from lofi.models.heads.output import HeadOutput
 from lofi.models.labels import make_targets, targets_to_tensors, valid_anchor_mask
 from lofi.models.losses import LossTerms, tal_loss
 

@@ -2,7 +2,7 @@
 CVPR 2020), pure PyTorch. Architecture and hyper-parameters follow the official
 ActivityNet configuration (frostinassiky/gtad, branch `anet`: gtad_lib/models.py, opts.py:
 h_dim_1d 256, h_dim_2d 128, h_dim_3d 512, goi_style 1, kern_2d 1); SGAlign, a CUDA op
-there, is a fixed sampling matrix here (`lofi.models.head_sampling`).
+there, is a fixed sampling matrix here (`lofi.models.heads.sampling`).
 
     features (B, C, T)
       -> Conv1d(C, 256, 3, groups 4) + ReLU -> GCNeXt            = base      (B, 256, T)
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lofi.models.head_sampling import SamplingLayer, dense_matrix, gtad_sgalign_sampling, map_through
-from lofi.models.head_output import HeadOutput, MapHead, grouped_conv
+from lofi.models.heads.sampling import SamplingLayer, dense_matrix, gtad_sgalign_sampling, map_through
+from lofi.models.heads.output import HeadOutput, MapHead, grouped_conv
 
 HIDDEN_1D = 256  # opts.h_dim_1d
 HIDDEN_2D = 128  # opts.h_dim_2d

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from lofi.errors import OptionError
-from lofi.models.bmn import BMN
-from lofi.models.head_sampling import SamplingLayer
-from lofi.models.gtad import GTAD
+from lofi.models.heads.bmn import BMN
+from lofi.models.heads.sampling import SamplingLayer
+from lofi.models.heads.gtad import GTAD
 
 MIN_TEMPORAL_DIM = 4
 

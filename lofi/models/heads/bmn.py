@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lofi.models.head_sampling import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
-from lofi.models.head_output import HeadOutput, MapHead, grouped_conv
+from lofi.models.heads.sampling import SamplingLayer, bmn_bm_sampling, dense_matrix, map_through
+from lofi.models.heads.output import HeadOutput, MapHead, grouped_conv
 
 HIDDEN_1D = 256
 HIDDEN_2D = 128

@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lofi.data.sampling import decoded_fraction, snippet_times
+from lofi.data.clip_times import decoded_fraction, snippet_times
 from lofi.data.video import decode_plan, read_video_clip
 from planner.fidelity import Fidelity
 

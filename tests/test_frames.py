@@ -9,7 +9,7 @@ import pytest
 from lofi.data.frames import frame_rate, list_frames, probe_frames, read_frames_clip
 from lofi.data.media import find_media
 from lofi.data.media_source import MediaSource
-from lofi.data.sampling import nearest_frames, snippet_times
+from lofi.data.clip_times import nearest_frames, snippet_times
 from lofi.data.transforms import Augment
 from lofi.data.video import read_clip
 from lofi.errors import OptionError, VideoDecodeError

@@ -31,7 +31,7 @@ from lofi.data.synth import (
     sample_segments,
     video_rng,
 )
-from lofi.data.synth_scenes import class_heading, plan_scene, render
+from lofi.data.synth.scenes import class_heading, plan_scene, render
 from lofi.errors import OptionError
 
 SMALL = SynthConfig(videos=6, classes=3, seed=3, size=32, fps=8, min_duration=4, max_duration=8)

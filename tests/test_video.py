@@ -1,4 +1,4 @@
-"""lofi.data.sampling (pure) and lofi.data.video (PyAV decoding of real files).
+"""lofi.data.clip_times (pure) and lofi.data.video (PyAV decoding of real files).
 
 Decoding tests use "indexed" videos whose frame i is a flat colour encoding i, so the
 test reads back exactly which source frame filled each slot of the clip."""
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lofi.data.sampling import (Run, TimestampGuesser, check_stride, decoded_fraction, frame_count,
+from lofi.data.clip_times import (Run, TimestampGuesser, check_stride, decoded_fraction, frame_count,
                                 is_short, nearest_frames, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, plan_crop, resized_size
 from lofi.data.media_source import MediaSource

@@ -68,7 +68,7 @@ def test_same_frames_give_same_bytes(tmp_path, size):
     # Synthetic-dataset content: without `no-mbtree`, x264 gave a different file for
     # this video about one time in three.
     from lofi.data.synth import SynthConfig, action_mask, plan_dataset, video_rng
-    from lofi.data.synth_scenes import plan_scene, render
+    from lofi.data.synth.scenes import plan_scene, render
 
     config = SynthConfig(videos=6, classes=3, seed=3, size=size, min_duration=4, max_duration=8)
     video = plan_dataset(config)[1]

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from lofi.data.annotations import VideoRecord
 from lofi.data.media_source import MediaSource
-from lofi.data.sampling import STRIDE, check_stride
+from lofi.data.clip_times import STRIDE, check_stride
 from lofi.data.transforms import Augment
 from lofi.data.video import read_clip
 from lofi.errors import OptionError, VideoDecodeError

@@ -19,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as tvf
 
 from lofi.data.media_source import MediaInfo
-from lofi.data.sampling import DEFAULT_FPS, STRIDE, check_stride, nearest_frames, snippet_times
+from lofi.data.clip_times import DEFAULT_FPS, STRIDE, check_stride, nearest_frames, snippet_times
 from lofi.data.transforms import Augment, CropPlan, plan_crop
 from lofi.errors import VideoDecodeError
 from planner.fidelity import Fidelity

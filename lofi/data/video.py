@@ -33,7 +33,7 @@ import torch
 
 from lofi.data.frames import read_frames_clip
 from lofi.data.media_source import MediaInfo, MediaSource
-from lofi.data.sampling import (DEFAULT_FPS, MIN_SKIP_FRAMES, STRIDE, Run, TimestampGuesser,
+from lofi.data.clip_times import (DEFAULT_FPS, MIN_SKIP_FRAMES, STRIDE, Run, TimestampGuesser,
                                 check_stride, near_any, plan_runs, snippet_times)
 from lofi.data.transforms import Augment, CropPlan, crop_plane, plan_crop
 from lofi.errors import VideoDecodeError

@@ -81,7 +81,7 @@ class ClipClassifier(nn.Module):
 
 def instance_snippets(segments: np.ndarray, duration: float, temporal_dim: int) -> list[np.ndarray]:
     """For each segment (N, 2) in seconds, the indices of the snippets (of `temporal_dim`
-    spread uniformly over `duration`, lofi.data.sampling) whose centre lies inside it;
+    spread uniformly over `duration`, lofi.data.clip_times) whose centre lies inside it;
     the single nearest snippet when none does. Pure."""
     centres = (np.arange(temporal_dim) + 0.5) * (duration / temporal_dim)  # (T,) seconds
     out = []

@@ -9,7 +9,7 @@
 
 Each video holds one action class (as nearly every ActivityNet video does) performed in
 1-`max_instances` non-overlapping instances of widely varying length; what the classes
-look like is in `synth_scenes`. Everything is a function of `SynthConfig`: video i uses
+look like is in `scenes` (lofi.data.synth.scenes). Everything is a function of `SynthConfig`: video i uses
 its own random stream (seed, i), so the same seed gives the same files.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lofi.data.synth_scenes import class_heading
+from lofi.data.synth.scenes import class_heading
 from lofi.errors import InputFileError, OptionError
 from planner.atomic_files import atomic_write_json
 
@@ -257,7 +257,7 @@ def generate(out_dir: str | os.PathLike, config: SynthConfig, progress: Progress
     an OptionError unless `overwrite`; then the videos that a previous synthetic dataset
     there listed are removed first. manifest.json is written last. `progress(done,
     total)` is called after each video."""
-    from lofi.data.synth_scenes import plan_scene, render
+    from lofi.data.synth.scenes import plan_scene, render
     from lofi.data.video_writer import write_video  # imports av
 
     config.validate()

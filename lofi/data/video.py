@@ -8,11 +8,10 @@ Speed (the trainer reads every video at full fidelity, TR=100 and F=8, at least 
 - dense sampling decodes the video once, in order; sparse sampling first reads the
   packet index (demuxing only, no decoding) to learn where the keyframes are, then seeks
   to the keyframe before each region whose keyframe lies past the decoding position
-  (see `sampling.plan_runs`).
+  (see `clip_times.plan_runs`).
 
-Timestamps: frame times come from pts (dts when the pts are inconsistent, as in AVI
-files with packed B-frames), relative to the stream's start, so variable frame rates
-work; each target time takes the nearest decoded frame.
+Timestamps: each target time takes the nearest decoded frame; frame times, the packet
+index and seeking come from `lofi.data.video_container`.
 
 Errors: a file that cannot be opened, has no video stream, yields no frame, fails on
 many packets, or ends well before its own header says (truncated) raises
@@ -21,9 +20,7 @@ VideoDecodeError naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from fractions import Fraction
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -33,13 +30,13 @@ import torch
 
 from lofi.data.frames import read_frames_clip
 from lofi.data.media_source import MediaInfo, MediaSource
-from lofi.data.clip_times import (DEFAULT_FPS, MIN_SKIP_FRAMES, STRIDE, Run, TimestampGuesser,
-                                check_stride, near_any, plan_runs, snippet_times)
+from lofi.data.clip_times import MIN_SKIP_FRAMES, STRIDE, Run, check_stride, near_any, plan_runs, snippet_times
+from lofi.data.video_container import (Timing, check_end, decoded_frames, first_video_stream, open_video,
+                                        scan_packets, seek, stream_timing)
 from lofi.data.transforms import Augment, CropPlan, crop_plane, plan_crop
 from lofi.errors import VideoDecodeError
 from planner.fidelity import Fidelity
 
-MAX_BAD_PACKETS = 8  # packets that may fail to decode before the file counts as corrupt
 # Demuxers whose packet pts are presentation times (used to drop unneeded frames).
 _RELIABLE_PACKET_TIMES = {"mov", "mp4", "matroska", "webm"}
 
@@ -86,9 +83,9 @@ def read_video_clip(
     """See `read_clip`; `path` is a video file."""
     path, stride = Path(path), check_stride(stride)
     tr, f, sr = fidelity.tr, fidelity.frames_per_snippet, fidelity.sr
-    with _open(path) as container:
-        stream = _video_stream(container, path, threads)
-        timing = _timing(container, stream)
+    with open_video(path) as container:
+        stream = first_video_stream(container, path, threads)
+        timing = stream_timing(container, stream)
         targets = _targets(container, stream, timing, duration, fidelity, stride, path)  # (TR, F)
         unique, inverse = np.unique(targets, return_inverse=True)  # (U,), (TR, F)
         writer = _ClipWriter(inverse.reshape(-1), sr, augment, rng)
@@ -106,9 +103,9 @@ def decode_plan(
     """The runs `read_video_clip` would decode: one run without a seek means dense,
     sequential decoding; several mean seeks to keyframes (sparse)."""
     path, stride = Path(path), check_stride(stride)
-    with _open(path) as container:
-        stream = _video_stream(container, path, threads=1)
-        timing = _timing(container, stream)
+    with open_video(path) as container:
+        stream = first_video_stream(container, path, threads=1)
+        timing = stream_timing(container, stream)
         targets = _targets(container, stream, timing, duration, fidelity, stride, path)
         return _plan(container, stream, timing, np.unique(targets), path)
 
@@ -152,13 +149,13 @@ class _ClipWriter:
 
 
 def _targets(
-    container: av.container.InputContainer, stream: av.VideoStream, timing: _Timing,
+    container: av.container.InputContainer, stream: av.VideoStream, timing: Timing,
     duration: float | None, fidelity: Fidelity, stride: int, path: Path,
 ) -> np.ndarray:
     """(TR, F) target times over `duration`, or over the media's own duration."""
     span = duration if duration is not None else timing.claimed
     if span is None:
-        span = _scan(container, stream, timing, path).end
+        span = scan_packets(container, stream, timing, path).end
     if not span > 0:
         raise VideoDecodeError(f"{path}: duration {span} is not positive")
     return snippet_times(span, timing.fps, fidelity.tr, fidelity.frames_per_snippet, stride)
@@ -170,17 +167,17 @@ def probe_video(path: str | Path, *, deep: bool = False) -> MediaInfo:
     deep: also demux every packet (no decoding) to catch truncated files; the duration
     is then where the data really ends."""
     path = Path(path)
-    with _open(path) as container:
-        stream = _video_stream(container, path, threads=1)
-        timing = _timing(container, stream)
+    with open_video(path) as container:
+        stream = first_video_stream(container, path, threads=1)
+        timing = stream_timing(container, stream)
         duration = timing.claimed
         if deep:
-            duration = _scan(container, stream, timing, path).end
+            duration = scan_packets(container, stream, timing, path).end
         elif duration is None and container.duration:
             duration = container.duration / av.time_base  # all streams: close enough here
         elif duration is None:
-            duration = _scan(container, stream, timing, path).end
-        first = next(_frames(container, stream, timing, path), None)
+            duration = scan_packets(container, stream, timing, path).end
+        first = next(decoded_frames(container, stream, timing, path), None)
         if first is None:
             raise VideoDecodeError(f"{path}: no video frame could be decoded")
         frame = first[1]
@@ -188,158 +185,10 @@ def probe_video(path: str | Path, *, deep: bool = False) -> MediaInfo:
         return MediaInfo(duration, timing.fps, count, frame.width, frame.height)
 
 
-@dataclass(frozen=True)
-class _Timing:
-    time_base: Fraction  # seconds per pts unit
-    start: int  # pts of the stream's first frame (time 0 of the clip)
-    fps: float  # average frame rate (DEFAULT_FPS when the container has none)
-    claimed: float | None  # duration the header claims for the video, seconds
-
-    @property
-    def period(self) -> float:
-        return 1.0 / self.fps
-
-
-@dataclass(frozen=True)
-class _Index:
-    keyframes: np.ndarray  # (K,) seconds, sorted
-    end: float  # seconds: end of the last packet
-
-
-def _open(path: Path) -> av.container.InputContainer:
-    if not path.is_file():
-        raise VideoDecodeError(f"{path}: video file not found")
-    try:
-        return av.open(str(path), mode="r", metadata_errors="ignore")
-    except (av.FFmpegError, OSError, ValueError) as error:
-        raise VideoDecodeError(f"{path}: cannot open the video ({error})") from None
-
-
-def _video_stream(container: av.container.InputContainer, path: Path, threads: int) -> av.VideoStream:
-    if not container.streams.video:
-        raise VideoDecodeError(f"{path}: no video stream in the file")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.thread_count = max(0, threads)
-    return stream
-
-
-def _timing(container: av.container.InputContainer, stream: av.VideoStream) -> _Timing:
-    time_base = stream.time_base or Fraction(1, 1_000_000)
-    rate = stream.average_rate or stream.guessed_rate
-    fps = float(rate) if rate else DEFAULT_FPS
-    tagged = _tag_seconds(stream.metadata.get("DURATION"))  # Matroska muxed by FFmpeg
-    if stream.duration:
-        claimed: float | None = float(stream.duration * time_base)
-    elif tagged is not None:
-        claimed = tagged
-    elif container.duration and len(container.streams) == 1:
-        claimed = container.duration / av.time_base  # the only stream: the container's
-    elif stream.frames:
-        claimed = stream.frames / fps
-    else:
-        claimed = None
-    return _Timing(time_base, stream.start_time or 0, fps, claimed)
-
-
-def _tag_seconds(value: str | None) -> float | None:
-    """'HH:MM:SS.fraction' -> seconds; None when absent or malformed."""
-    try:
-        hours, minutes, seconds = str(value).split(":")
-        total = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    except ValueError:
-        return None
-    return total if total > 0 else None
-
-
-def _frames(
-    container: av.container.InputContainer, stream: av.VideoStream, timing: _Timing, path: Path,
-    keep: Callable[[float], bool] | None = None,
-) -> Iterator[tuple[float, av.VideoFrame]]:
-    """Decoded frames from the current position with their times (seconds from the
-    stream start, non-decreasing). Packets that fail are skipped up to a limit.
-
-    keep(packet time): when given, a packet whose frame is not kept is decoded with
-    `skip_frame = NONREF`, i.e. dropped by the decoder if no other frame references it
-    (B-frames, mostly): their decoding is most of what sparse frame picks can save."""
-    guess = TimestampGuesser()
-    seconds_per_tick = float(timing.time_base)
-    context = stream.codec_context
-    discarding = False
-    last: float | None = None
-    bad = 0
-    try:
-        for packet in container.demux(stream):
-            if keep is not None and packet.pts is not None:
-                discard = not keep((packet.pts - timing.start) * seconds_per_tick)
-                if discard != discarding:
-                    context.skip_frame = "NONREF" if discard else "DEFAULT"
-                    discarding = discard
-            try:
-                decoded = packet.decode()
-            except av.FFmpegError as error:
-                bad += 1
-                if bad > MAX_BAD_PACKETS:
-                    raise VideoDecodeError(
-                        f"{path}: {bad} packets failed to decode (last: {error})") from None
-                continue
-            for frame in decoded:
-                stamp = guess(frame.pts, frame.dts)
-                if stamp is None:
-                    time = 0.0 if last is None else last + timing.period
-                else:
-                    time = (stamp - timing.start) * seconds_per_tick
-                time = time if last is None else max(time, last)
-                last = time
-                yield time, frame
-    except av.FFmpegError as error:  # demuxing itself failed
-        raise VideoDecodeError(f"{path}: cannot read the video ({error})") from None
-    finally:
-        if discarding:
-            context.skip_frame = "DEFAULT"
-
-
-def _scan(
-    container: av.container.InputContainer, stream: av.VideoStream, timing: _Timing, path: Path
-) -> _Index:
-    """Demux every packet of the stream (no decoding): keyframe times and data end.
-    Leaves the demuxer at the start of the stream."""
-    keyframes: list[float] = []
-    end = 0.0
-    try:
-        for packet in container.demux(stream):
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is None or packet.size == 0:
-                continue
-            time = float((stamp - timing.start) * timing.time_base)
-            end = max(end, time + float((packet.duration or 0) * timing.time_base))
-            if packet.is_keyframe:
-                keyframes.append(time)
-    except av.FFmpegError as error:
-        raise VideoDecodeError(f"{path}: cannot read the video ({error})") from None
-    if not keyframes:
-        raise VideoDecodeError(f"{path}: no keyframe in the video stream")
-    _check_end(path, end, timing, needed=None)
-    _seek(container, stream, timing, 0.0, path)  # back to the start for the decoding
-    return _Index(np.unique(np.asarray(keyframes)), end)
-
-
-def _check_end(path: Path, end: float, timing: _Timing, needed: float | None) -> None:
-    """Raise when the data stops well before the header's duration (a truncated file)
-    and, when `needed` is given, before that time."""
-    if timing.claimed is None:
-        return
-    tolerance = max(0.5, 0.02 * timing.claimed, 3 * timing.period)
-    if end < timing.claimed - tolerance and (needed is None or needed > end + timing.period):
-        raise VideoDecodeError(
-            f"{path}: truncated: the video data ends at {end:.2f} s but the file "
-            f"header says {timing.claimed:.2f} s")
-
-
 def _plan(
     container: av.container.InputContainer,
     stream: av.VideoStream,
-    timing: _Timing,
+    timing: Timing,
     unique: np.ndarray,  # (U,) sorted target times
     path: Path,
 ) -> list[Run]:
@@ -348,26 +197,14 @@ def _plan(
     gaps = np.diff(unique)
     if gaps.size == 0 or gaps.max() <= MIN_SKIP_FRAMES * timing.period:
         return [Run(None, 0, unique.size - 1)]
-    index = _scan(container, stream, timing, path)
+    index = scan_packets(container, stream, timing, path)
     return plan_runs(unique, index.keyframes, timing.period)
-
-
-def _seek(
-    container: av.container.InputContainer, stream: av.VideoStream, timing: _Timing,
-    time: float, path: Path,
-) -> None:
-    """Move the demuxer to the keyframe at or before `time` (seconds from the start)."""
-    offset = timing.start + round(Fraction(time) / timing.time_base)
-    try:
-        container.seek(offset, stream=stream, backward=True, any_frame=False)
-    except av.FFmpegError as error:
-        raise VideoDecodeError(f"{path}: seek to {time:.2f} s failed ({error})") from None
 
 
 def _decode_runs(
     container: av.container.InputContainer,
     stream: av.VideoStream,
-    timing: _Timing,
+    timing: Timing,
     unique: np.ndarray,  # (U,) sorted target times, seconds
     runs: list[Run],
     put: Callable[[int, av.VideoFrame], None],
@@ -386,10 +223,10 @@ def _decode_runs(
         keep = partial(near_any, targets=unique.tolist(), margin=timing.period)
     for run in runs:
         if run.seek is not None:
-            _seek(container, stream, timing, run.seek, path)
+            seek(container, stream, timing, run.seek, path)
         position = run.first
         previous: tuple[float, av.VideoFrame] | None = None
-        frames = _frames(container, stream, timing, path, keep)
+        frames = decoded_frames(container, stream, timing, path, keep)
         for time, frame in frames:
             if previous is not None:
                 midpoint = (previous[0] + time) / 2.0
@@ -403,7 +240,7 @@ def _decode_runs(
             if previous is None:
                 raise VideoDecodeError(f"{path}: no video frame could be decoded")
             if position <= run.last:
-                _check_end(path, previous[0] + timing.period, timing, needed=float(unique[run.last]))
+                check_end(path, previous[0] + timing.period, timing, needed=float(unique[run.last]))
             while position <= run.last:
                 put(position, previous[1])
                 position += 1

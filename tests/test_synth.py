@@ -17,7 +17,6 @@ from lofi.cli import main
 from lofi.cli.data_synth_cmd import DEFAULTS
 from lofi.data.annotations import load_annotations
 from lofi.data.synth import (
-    MIN_INSTANCE_SECONDS,
     SynthConfig,
     SynthPaths,
     action_mask,
@@ -28,9 +27,9 @@ from lofi.data.synth import (
     generate,
     plan_dataset,
     read_manifest,
-    sample_segments,
     video_rng,
 )
+from lofi.data.synth.layout import MIN_INSTANCE_SECONDS, sample_segments
 from lofi.data.synth.scenes import class_heading, plan_scene, render
 from lofi.errors import OptionError
 

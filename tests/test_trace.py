@@ -98,15 +98,35 @@ def test_meta_and_fake_modes_trace_the_same_events(vision):
     assert np.array_equal(meta.sizes, fake.sizes)
 
 
-def test_memoized_meta_kernels_change_nothing(vision, monkeypatch):
-    step = vision_step("block", "fp16", sr=32)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_memoized_meta_kernels_change_nothing(vision, monkeypatch, optimizer):
+    """Traces with memoized kernels equal plain ones, the second cached run (every
+    kernel a hit where it can be) included; the optimizers' foreach kernels (returns
+    `Tensor[]`, printed List[Tensor]) are among the hits."""
+    from planner.tracing.meta_kernels import META_KERNELS
+
+    step = vision_step("block", "fp16", optimizer=optimizer, sr=32)
     model = vision._model_for(step.model, META)
-    cached = run_step(vision.workload, step, 2, model, META)
+    first = run_step(vision.workload, step, 2, model, META)
+    counted = []
+    original_call = type(META_KERNELS).__call__
+
+    def counting(self, func, args, kwargs):
+        hits = self.hits
+        out = original_call(self, func, args, kwargs)
+        counted.append((func._overloadpacket.__name__, self.hits > hits))
+        return out
+
+    monkeypatch.setattr(type(META_KERNELS), "__call__", counting)
+    again = run_step(vision.workload, step, 2, model, META)
+    foreach = [hit for name, hit in counted if name.startswith("_foreach_") and not name.endswith("_")]
+    assert foreach and all(foreach)  # every functional foreach kernel of the step is reused
     original = trace_module.Recorder.__init__
     monkeypatch.setattr(trace_module.Recorder, "__init__", lambda self, **kw: original(self, **{**kw, "cache": False}))
     plain = run_step(vision.workload, step, 2, model, META)
-    assert cached.same_structure(plain) and np.array_equal(cached.sizes, plain.sizes)
-    assert cached.total_flops == plain.total_flops
+    for cached in (first, again):
+        assert cached.same_structure(plain) and np.array_equal(cached.sizes, plain.sizes)
+        assert cached.total_flops == plain.total_flops
 
 
 def test_allocated_peak_agrees_with_memtracker_in_fake_mode():

@@ -9,5 +9,5 @@ and clips decoded from videos or frame folders.
     frames.py       the same from a folder of JPEG frames
     transforms.py   short-side resize plan, centre/random crop, flip
     dataset.py      torch Dataset of ClipSample / SkippedSample and its collate
-    video_writer.py frames -> H.264 mp4 (synthetic data and tests); synth*.py: `lofi data synth`
+    video_writer.py frames -> H.264 mp4 (synthetic data and tests); synth/: `lofi data synth`
 """

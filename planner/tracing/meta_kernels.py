@@ -47,10 +47,16 @@ class MetaKernelCache:
         if known is None:
             schema = func._schema
             known = not schema.is_mutable and all(
-                r.alias_info is None and str(r.type) in ("Tensor", "Tensor[]", "Tensor?") for r in schema.returns
+                r.alias_info is None and str(r.type) in _TENSOR_RETURNS for r in schema.returns
             ) and len(schema.returns) > 0
             self._ops[func] = known
         return known
+
+
+# How a schema's return types print (torch._C.FunctionSchema: `Tensor[]` prints as
+# List[Tensor], `Tensor?` as Optional[Tensor]): tensors, lists of them (the foreach ops)
+# and optional tensors.
+_TENSOR_RETURNS = ("Tensor", "List[Tensor]", "Optional[Tensor]")
 
 
 class _NotCacheable(Exception):

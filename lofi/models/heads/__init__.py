@@ -1,6 +1,6 @@
 """The temporal-action-localization heads by name: `build_head("gtad" | "bmn", ...)`.
 
-Every head maps snippet features (B, C, T) to a `HeadOutput` (`head_output.py`): start and end boundary
+Every head maps snippet features (B, C, T) to a `HeadOutput` (`output.py`): start and end boundary
 probabilities (B, T) and a confidence map (B, 2, T, T) laid out (duration, start),
 channel 0 = IoU regression, channel 1 = classification. The anchor convention is in
 `lofi.models.labels`. Heads build on the `meta` device and trace under FakeTensorMode

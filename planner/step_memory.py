@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.overheads import Workspaces
 from planner.cost.allocator import ReplayResult
+from planner.cost.overheads import Workspaces
 from planner.cost.replay import needed_capacity, replay
 from planner.tracing.recorder import Trace
 from planner.tracing.synthesis import expand_periods, steady_state, with_repeats, with_workspaces
@@ -24,7 +24,6 @@ class StepMemory:
     free: ReplayResult  # unlimited replay: allocated peak, categories, unconstrained reserved peak
     needed: int  # the smallest capacity without an OOM
     releases_per_step: int  # cache releases in the last step at that capacity
-
 
 
 def replay_steady(trace: Trace, accumulation: int, kind: str, capacity: int | None,

@@ -64,13 +64,10 @@ def test_planner_subpackages_are_layered():
                              "planner.cost.allocator.FREE"}, (name, from_cost)
 
 
-def test_the_size_check_sees_a_long_file(tmp_path):
+def test_the_checks_see_a_long_file_and_a_function_level_import(tmp_path):
     long = tmp_path / "long.py"
     long.write_text("x = 1\n" * (MAX_LINES + 1))
     assert _lines(long) > MAX_LINES
-    assert "planner.cost.replay" in _imported(_write(tmp_path / "i.py", "def f():\n    from planner.cost import replay\n"))
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    from planner.cost import replay\n")
+    assert "planner.cost.replay" in _imported(lazy)
